@@ -1,0 +1,458 @@
+"""Closing billing periods: rate the usage, apply coupons, tax and credits, number the invoice.
+
+Each (group, period) closes in its own transaction, under the group's row lock, and the
+database's unique keys make a second close of the same period impossible. A run that dies half
+way leaves whole invoices only; running it again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from billing_core.db import tables as t
+from billing_core.db.types import dec_max, dec_sum
+from billing_core.errors import BillingError
+from billing_core.export import checksum, invoice_document
+from billing_core.ledger import dialect_insert, lock_group, next_in_sequence
+from billing_core.model import (
+    ActiveRedemption,
+    AvailableCredit,
+    Coupon,
+    Totals,
+    compute_totals,
+)
+from billing_core.money import Money
+from billing_core.periods import Period, Schedule, local_date, zone
+from billing_core.rating import (
+    ZERO,
+    Line,
+    MetricPrice,
+    Tier,
+    rate_late_usage,
+    rate_usage,
+    subscription_line,
+)
+
+
+@dataclass(frozen=True)
+class GroupContext:
+    group: t.BillingGroup
+    org: t.Organization
+    tz: ZoneInfo
+    schedule: Schedule
+    prices: dict[str, MetricPrice]
+    plan: t.Plan | None
+
+    def included(self, period: Period, metric: str) -> Decimal:
+        if self.plan is None or not self.schedule.is_subscribed(period):
+            return ZERO
+        return Decimal(self.plan.included.get(metric, "0"))
+
+
+def metric_price(row: t.MetricPriceRow) -> MetricPrice:
+    tiers = tuple(
+        Tier(None if up is None else Decimal(up), Decimal(str(price))) for up, price in row.tiers
+    )
+    aggregation = "max" if row.aggregation == "max" else "sum"
+    return MetricPrice(row.metric, row.category, aggregation, tiers)
+
+
+def group_context(session: Session, group: t.BillingGroup) -> GroupContext:
+    org = session.get_one(t.Organization, group.organization_id)
+    tz = zone(org.timezone)
+    plan = session.get(t.Plan, group.plan_id) if group.plan_id else None
+    price_list = session.get_one(t.PriceList, group.price_list_id)
+    return GroupContext(
+        group=group,
+        org=org,
+        tz=tz,
+        schedule=Schedule(tz, group.created_at, group.subscription_start if plan else None),
+        prices={m.metric: metric_price(m) for m in price_list.metrics},
+        plan=plan,
+    )
+
+
+def last_close_end(session: Session, group_id: int) -> datetime | None:
+    return session.scalar(
+        select(func.max(t.PeriodClose.period_end)).where(t.PeriodClose.billing_group_id == group_id)
+    )
+
+
+Aggregates = dict[str, dict[int, Decimal]]  # metric -> project id -> quantity
+
+
+def _aggregate(session: Session, ctx: GroupContext, where: ColumnElement[bool]) -> Aggregates:
+    rows = session.execute(
+        select(
+            t.UsageEvent.metric,
+            t.UsageEvent.project_id,
+            dec_sum(t.UsageEvent.quantity),
+            dec_max(t.UsageEvent.quantity),
+        )
+        .where(where)
+        .group_by(t.UsageEvent.metric, t.UsageEvent.project_id)
+    ).all()
+    result: Aggregates = defaultdict(dict)
+    for metric, project_id, total, peak in rows:
+        price = _price(ctx, metric)
+        result[metric][project_id] = peak if price.aggregation == "max" else total
+    return result
+
+
+def _price(ctx: GroupContext, metric: str) -> MetricPrice:
+    price = ctx.prices.get(metric)
+    if price is None:
+        raise BillingError(
+            f"metric {metric!r} has usage but no price in group {ctx.group.key!r}'s price list"
+        )
+    return price
+
+
+def _named(session: Session, quantities: dict[int, Decimal]) -> dict[str, Decimal]:
+    keys = dict(
+        session.execute(select(t.Project.id, t.Project.key).where(t.Project.id.in_(quantities)))
+        .tuples()
+        .all()
+    )
+    return {keys[pid]: q for pid, q in quantities.items()}
+
+
+def _period_range(ctx: GroupContext, period: Period) -> ColumnElement[bool]:
+    """Events of ``period``; the first period also holds anything stamped before it began."""
+    before_end = t.UsageEvent.ts < period.end
+    if period.start == ctx.group.created_at:
+        return before_end
+    return and_(t.UsageEvent.ts >= period.start, before_end)
+
+
+def rate_period(
+    session: Session,
+    ctx: GroupContext,
+    period: Period,
+    *,
+    new: ColumnElement[bool],
+    excluded_close: int | None,
+) -> list[Line]:
+    """The lines for ``period``: its subscription, its usage, and usage of earlier periods
+    that arrived after those were invoiced (``new`` selects the events not yet billed)."""
+    group, currency = ctx.group, ctx.group.currency
+    lines: list[Line] = []
+    if ctx.plan is not None and ctx.schedule.is_subscribed(period):
+        lines.append(subscription_line(ctx.plan.name, Money(ctx.plan.monthly_fee, currency)))
+    current = _aggregate(session, ctx, and_(new, _period_range(ctx, period)))
+    for metric in sorted(current, key=lambda m: (_price(ctx, m).category, m)):
+        lines.append(
+            rate_usage(
+                _price(ctx, metric),
+                _named(session, current[metric]),
+                included=ctx.included(period, metric),
+                currency=currency,
+            )
+        )
+    if period.start == group.created_at:
+        return lines
+    late_rows = session.execute(
+        select(
+            t.UsageEvent.metric, t.UsageEvent.project_id, t.UsageEvent.quantity, t.UsageEvent.ts
+        ).where(new, t.UsageEvent.ts < period.start)
+    ).all()
+    late: dict[Period, dict[str, dict[int, list[Decimal]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for metric, project_id, quantity, ts in late_rows:
+        late[ctx.schedule.containing(ts)][metric][project_id].append(quantity)
+    for late_period in sorted(late, key=lambda p: p.start):
+        settled = t.UsageEvent.close_id.is_not(None)
+        if excluded_close is not None:
+            settled = and_(settled, t.UsageEvent.close_id != excluded_close)
+        billed = _aggregate(
+            session,
+            ctx,
+            and_(
+                t.UsageEvent.billing_group_id == group.id,
+                settled,
+                _period_range(ctx, late_period),
+                t.UsageEvent.metric.in_(late[late_period]),
+            ),
+        )
+        by_metric = late[late_period]
+        for metric in sorted(by_metric, key=lambda m: (_price(ctx, m).category, m)):
+            price = _price(ctx, metric)
+            before = billed.get(metric, {})
+            after = dict(before)
+            for project_id, quantities in by_metric[metric].items():
+                extra = max(quantities) if price.aggregation == "max" else sum(quantities, ZERO)
+                known = before.get(project_id)
+                if known is None:
+                    after[project_id] = extra
+                elif price.aggregation == "max":
+                    after[project_id] = max(known, extra)
+                else:
+                    after[project_id] = known + extra
+            line = rate_late_usage(
+                price,
+                billed=_named(session, before) if before else {},
+                now_known=_named(session, after),
+                included=ctx.included(late_period, metric),
+                currency=currency,
+                period=late_period,
+            )
+            if line is not None:
+                lines.append(line)
+    return lines
+
+
+def active_redemptions(session: Session, group_id: int) -> list[tuple[ActiveRedemption, str]]:
+    rows = session.execute(
+        select(t.Redemption, t.CouponRow)
+        .join(t.CouponRow, t.CouponRow.id == t.Redemption.coupon_id)
+        .where(t.Redemption.billing_group_id == group_id)
+        .order_by(t.Redemption.redeemed_at, t.Redemption.id)
+    ).all()
+    result = []
+    for redemption, row in rows:
+        coupon = coupon_from_row(row)
+        allowed = coupon.periods_allowed()
+        uses_left = None if allowed is None else allowed - redemption.uses
+        if uses_left is None or uses_left > 0:
+            active = ActiveRedemption(redemption.id, coupon, redemption.redeemed_at, uses_left)
+            result.append((active, row.code))
+    return result
+
+
+def coupon_from_row(row: t.CouponRow) -> Coupon:
+    duration = {"once": "once", "repeating": "repeating"}.get(row.duration, "forever")
+    return Coupon(
+        code=row.code,
+        duration=duration,  # type: ignore[arg-type]
+        percent_off=row.percent_off,
+        amount_off=(
+            Money(row.amount_off, row.currency) if row.amount_off and row.currency else None
+        ),
+        duration_periods=row.duration_periods,
+        max_redemptions=row.max_redemptions,
+        redeem_by=row.redeem_by,
+    )
+
+
+def available_credits(session: Session, group_id: int, currency: str) -> list[AvailableCredit]:
+    rows = session.scalars(
+        select(t.Credit)
+        .where(t.Credit.billing_group_id == group_id, t.Credit.remaining > 0)
+        .order_by(t.Credit.id)
+    ).all()
+    return [
+        AvailableCredit(c.id, Money(c.remaining, currency), c.expires_at, c.granted_at)
+        for c in rows
+    ]
+
+
+def price_period(
+    session: Session, ctx: GroupContext, period: Period, lines: Sequence[Line]
+) -> tuple[Totals, list[tuple[ActiveRedemption, str]]]:
+    """Coupons, tax and credits for ``lines`` as they apply when ``period`` ends."""
+    redemptions = [
+        (r, code) for r, code in active_redemptions(session, ctx.group.id) if r.applies_to(period)
+    ]
+    totals = compute_totals(
+        lines=lines,
+        currency=ctx.group.currency,
+        redemptions=[r for r, _ in redemptions],
+        tax_rate=ctx.group.tax_rate,
+        credits=available_credits(session, ctx.group.id, ctx.group.currency),
+        credits_at=period.end,
+    )
+    return totals, redemptions
+
+
+@dataclass(frozen=True)
+class Closed:
+    group_id: int
+    period: Period
+    invoice_number: str | None
+
+
+def close_period(
+    session: Session, *, group_id: int, period: Period, at: datetime, prefix: str
+) -> Closed | None:
+    """Close one period of one group and issue its invoice; None if it was closed already."""
+    group = lock_group(session, group_id)
+    ctx = group_context(session, group)
+    expected = last_close_end(session, group_id) or group.created_at
+    if period.start != expected:
+        return None  # another run closed it (or an earlier period is still open)
+    close_id = session.execute(
+        dialect_insert(session, t.PeriodClose)
+        .values(
+            billing_group_id=group_id,
+            period_start=period.start,
+            period_end=period.end,
+            closed_at=at,
+        )
+        .on_conflict_do_nothing(index_elements=["billing_group_id", "period_start"])
+        .returning(t.PeriodClose.id)
+    ).scalar_one_or_none()
+    if close_id is None:
+        return None
+    # Claim the events first, then rate exactly what was claimed: an import committing in
+    # between is either claimed here (and billed) or left for the next period, never lost.
+    session.execute(
+        update(t.UsageEvent)
+        .where(
+            t.UsageEvent.billing_group_id == group_id,
+            t.UsageEvent.close_id.is_(None),
+            t.UsageEvent.ts < period.end,
+        )
+        .values(close_id=close_id)
+    )
+    lines = rate_period(
+        session, ctx, period, new=t.UsageEvent.close_id == close_id, excluded_close=close_id
+    )
+    if not any(line.amount.amount > 0 for line in lines):
+        return Closed(group_id, period, None)
+    totals, redemptions = price_period(session, ctx, period, lines)
+    invoice_date = local_date(period.end, ctx.tz)
+    sequence = next_in_sequence(session, "invoice", invoice_date.year)
+    number = f"{prefix}-{invoice_date.year}-{sequence:06d}"
+    invoice = t.Invoice(
+        number=number,
+        organization_id=ctx.org.id,
+        billing_group_id=group_id,
+        close_id=close_id,
+        currency=group.currency,
+        period_start=period.start,
+        period_end=period.end,
+        invoice_date=invoice_date,
+        due_date=invoice_date + timedelta(days=group.payment_terms_days),
+        subtotal=totals.subtotal.amount,
+        discount=totals.discount.amount,
+        tax_rate=group.tax_rate,
+        tax=totals.tax.amount,
+        total=totals.total.amount,
+        credits_applied=totals.credits_applied.amount,
+        amount_due=totals.amount_due.amount,
+        amount_paid=Decimal(0),
+        status="paid" if totals.amount_due.is_zero() else "open",
+        issued_at=at,
+        checksum="",
+    )
+    session.add(invoice)
+    session.flush()
+    _store_lines(session, invoice, lines)
+    codes = dict(redemptions)
+    by_id = {r.id: code for r, code in codes.items()}
+    for redemption_id, cut in totals.discounts:
+        if cut.amount > 0:
+            session.add(
+                t.InvoiceDiscount(
+                    invoice_id=invoice.id,
+                    redemption_id=redemption_id,
+                    code=by_id[redemption_id],
+                    amount=cut.amount,
+                )
+            )
+            session.execute(
+                update(t.Redemption)
+                .where(t.Redemption.id == redemption_id)
+                .values(uses=t.Redemption.uses + 1)
+            )
+    for credit_id, used in totals.credits:
+        session.add(
+            t.CreditApplication(invoice_id=invoice.id, credit_id=credit_id, amount=used.amount)
+        )
+        session.execute(
+            update(t.Credit)
+            .where(t.Credit.id == credit_id)
+            .values(remaining=t.Credit.remaining - used.amount)
+        )
+    session.flush()
+    session.refresh(invoice, ["lines"])
+    invoice.checksum = checksum(
+        invoice_document(invoice, organization=ctx.org.key, group=group.key, tz=ctx.tz)
+    )
+    return Closed(group_id, period, number)
+
+
+def _store_lines(session: Session, invoice: t.Invoice, lines: Sequence[Line]) -> None:
+    for position, line in enumerate(lines):
+        row = t.InvoiceLine(
+            invoice_id=invoice.id,
+            position=position,
+            kind=line.kind,
+            metric=line.metric,
+            category=line.category,
+            quantity=line.quantity,
+            billable_quantity=line.billable_quantity,
+            amount=line.amount.amount,
+            late_period_start=line.late_period.start if line.late_period else None,
+            late_period_end=line.late_period.end if line.late_period else None,
+        )
+        session.add(row)
+        session.flush()
+        session.add_all(
+            t.InvoiceLineProject(
+                line_id=row.id,
+                project_key=share.project,
+                quantity=share.quantity,
+                amount=share.amount.amount,
+            )
+            for share in line.projects
+        )
+
+
+def due_periods(session: Session, at: datetime) -> list[tuple[int, Period]]:
+    """Every (group, period) that ended at or before ``at`` and is not closed, oldest first."""
+    ends = dict(
+        session.execute(
+            select(t.PeriodClose.billing_group_id, func.max(t.PeriodClose.period_end)).group_by(
+                t.PeriodClose.billing_group_id
+            )
+        )
+        .tuples()
+        .all()
+    )
+    rows = session.execute(
+        select(t.BillingGroup, t.Organization.timezone)
+        .join(t.Organization, t.Organization.id == t.BillingGroup.organization_id)
+        .order_by(t.BillingGroup.id)
+    ).tuples()
+    due: list[tuple[datetime, int, Period]] = []
+    for group, tz_name in rows:
+        schedule = Schedule(
+            zone(tz_name), group.created_at, group.subscription_start if group.plan_id else None
+        )
+        start = ends.get(group.id) or group.created_at
+        while True:
+            period = Period(start, schedule.next_boundary(start))
+            if period.end > at:
+                break
+            due.append((period.end, group.id, period))
+            start = period.end
+    due.sort(key=lambda item: (item[0], item[1]))
+    return [(group_id, period) for _, group_id, period in due]
+
+
+def draft_lines(session: Session, ctx: GroupContext, at: datetime) -> tuple[Period, list[Line]]:
+    """The open period at ``at`` and its charges so far, late usage included."""
+    period = ctx.schedule.containing(at)
+    closed_until = last_close_end(session, ctx.group.id)
+    unbilled = and_(
+        t.UsageEvent.billing_group_id == ctx.group.id,
+        t.UsageEvent.close_id.is_(None),
+        t.UsageEvent.ts < period.end,
+    )
+    if period.start != ctx.group.created_at:
+        # Periods that ended but are not closed yet bill their own usage; leave it to them.
+        belongs = t.UsageEvent.ts >= period.start
+        if closed_until is not None:
+            belongs = or_(belongs, t.UsageEvent.ts < closed_until)
+        unbilled = and_(unbilled, belongs)
+    return period, rate_period(session, ctx, period, new=unbilled, excluded_close=None)

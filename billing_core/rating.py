@@ -1,0 +1,169 @@
+"""Usage to charges: aggregation, plan allowances, graduated tiers, and project shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Literal
+
+from billing_core.money import Money, minor_unit_exponent, round_to_minor_unit
+from billing_core.periods import Period
+
+Aggregation = Literal["sum", "max"]
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    up_to: Decimal | None  # None: no upper bound
+    unit_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPrice:
+    """How one metric is priced in a price list."""
+
+    metric: str
+    category: str
+    aggregation: Aggregation
+    tiers: tuple[Tier, ...]  # a flat unit price is one unbounded tier
+
+    def price(self, billable: Decimal) -> Decimal:
+        """Graduated price of ``billable`` units, unrounded."""
+        charged = ZERO
+        lower = ZERO
+        for tier in self.tiers:
+            upper = billable if tier.up_to is None else min(billable, tier.up_to)
+            if upper > lower:
+                charged += (upper - lower) * tier.unit_price
+            if tier.up_to is None or billable <= tier.up_to:
+                break
+            lower = tier.up_to
+        return charged
+
+    def amount(self, billable: Decimal, currency: str) -> Money:
+        return Money(round_to_minor_unit(self.price(billable), currency), currency)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectShare:
+    project: str
+    quantity: Decimal
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One invoice line; ``late_period`` is set when it charges usage of an earlier period."""
+
+    kind: Literal["usage", "subscription"]
+    metric: str | None
+    category: str
+    quantity: Decimal
+    billable_quantity: Decimal
+    amount: Money
+    projects: tuple[ProjectShare, ...] = ()
+    late_period: Period | None = None
+
+
+def aggregate(aggregation: Aggregation, quantities: Sequence[Decimal]) -> Decimal:
+    """A project's quantity over a period: the sum of its events, or their peak."""
+    if not quantities:
+        return ZERO
+    return max(quantities) if aggregation == "max" else sum(quantities, ZERO)
+
+
+def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]:
+    """Split ``amount`` in proportion to ``weights`` by largest remainder, in minor units.
+
+    The parts always add up to ``amount`` exactly; ties go to the alphabetically first key.
+    """
+    scale = 10 ** minor_unit_exponent(amount.currency)
+    units = int(amount.amount * scale)
+    keys = sorted(weights)
+    total_weight = sum((weights[k] for k in keys), ZERO)
+    if not keys:
+        return {}
+    if total_weight == 0:
+        exact = {k: Fraction(units, len(keys)) for k in keys}
+    else:
+        exact = {k: Fraction(units) * Fraction(weights[k]) / Fraction(total_weight) for k in keys}
+    floors = {k: int(exact[k]) for k in keys}
+    left = units - sum(floors.values())
+    by_remainder = sorted(keys, key=lambda k: (-(exact[k] - floors[k]), k))
+    for k in by_remainder[:left]:
+        floors[k] += 1
+    return {k: Money(Decimal(floors[k]) / scale, amount.currency) for k in keys}
+
+
+def _shares(amount: Money, quantities: Mapping[str, Decimal]) -> tuple[ProjectShare, ...]:
+    parts = share_out(amount, quantities)
+    return tuple(ProjectShare(p, quantities[p], parts[p]) for p in sorted(quantities))
+
+
+def rate_usage(
+    price: MetricPrice,
+    project_quantities: Mapping[str, Decimal],
+    *,
+    included: Decimal,
+    currency: str,
+) -> Line:
+    """Rate one metric of one group over one period."""
+    quantity = sum(project_quantities.values(), ZERO)
+    billable = max(quantity - included, ZERO)
+    amount = price.amount(billable, currency)
+    return Line(
+        kind="usage",
+        metric=price.metric,
+        category=price.category,
+        quantity=quantity,
+        billable_quantity=billable,
+        amount=amount,
+        projects=_shares(amount, project_quantities),
+    )
+
+
+def rate_late_usage(
+    price: MetricPrice,
+    *,
+    billed: Mapping[str, Decimal],
+    now_known: Mapping[str, Decimal],
+    included: Decimal,
+    currency: str,
+    period: Period,
+) -> Line | None:
+    """Charge what usage that arrived late adds to an already invoiced period.
+
+    The period is re-rated with everything now known; the line is the difference to what was
+    billed, so tiers and allowances apply to the period as a whole, as if nothing had been late.
+    """
+    before = rate_usage(price, billed, included=included, currency=currency)
+    after = rate_usage(price, now_known, included=included, currency=currency)
+    delta_q = {p: now_known.get(p, ZERO) - billed.get(p, ZERO) for p in now_known}
+    delta_q = {p: q for p, q in delta_q.items() if q > 0}
+    if not delta_q:
+        return None
+    amount = after.amount - before.amount
+    return Line(
+        kind="usage",
+        metric=price.metric,
+        category=price.category,
+        quantity=after.quantity - before.quantity,
+        billable_quantity=after.billable_quantity - before.billable_quantity,
+        amount=amount,
+        projects=_shares(amount, delta_q),
+        late_period=period,
+    )
+
+
+def subscription_line(plan_name: str, monthly_fee: Money) -> Line:
+    return Line(
+        kind="subscription",
+        metric=None,
+        category=f"Subscription: {plan_name}",
+        quantity=Decimal(1),
+        billable_quantity=Decimal(1),
+        amount=monthly_fee.rounded(),
+    )

@@ -1,0 +1,423 @@
+"""Use cases: one function each, time passed in, every refusal a BillingError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from billing_core import issuing, ledger, queries
+from billing_core.db import tables as t
+from billing_core.db.engine import Database
+from billing_core.errors import (
+    BillingError,
+    Conflict,
+    CouponRefused,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+)
+from billing_core.export import invoice_document
+from billing_core.loader import LoadSummary, load_document
+from billing_core.model import (
+    Actor,
+    Balance,
+    CreditView,
+    GroupView,
+    InvoiceView,
+    Owed,
+    PaymentView,
+)
+from billing_core.money import Money
+from billing_core.periods import require_aware
+
+
+@dataclass
+class RunReport:
+    issued: list[str] = field(default_factory=list)
+    closed_without_invoice: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
+
+    def describe(self) -> str:
+        text = (
+            f"{len(self.issued)} invoices issued, "
+            f"{self.closed_without_invoice} periods closed with nothing to charge"
+        )
+        if self.failed:
+            text += f", {len(self.failed)} groups failed"
+        return text
+
+
+@dataclass(frozen=True)
+class Change:
+    """An admin change, as written to the audit log."""
+
+    actor: str
+    action: str
+    subject: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    at: datetime
+    message: str
+
+
+class BillingService:
+    """The billing core's front: the CLI, the Slack bot and the scheduler all call this."""
+
+    def __init__(self, db: Database, *, invoice_prefix: str = "INV") -> None:
+        self.db = db
+        self.invoice_prefix = invoice_prefix
+
+    # -- operators ------------------------------------------------------------------------
+
+    def load(self, document: object, *, at: datetime) -> LoadSummary:
+        with self.db.transaction() as session:
+            return load_document(session, document, at=require_aware(at))
+
+    def import_usage(self, lines: Iterable[str]) -> ledger.ImportReport:
+        with self.db.transaction() as session:
+            return ledger.import_usage(session, ledger.json_lines(lines))
+
+    def import_usage_items(self, items: list[object]) -> ledger.ImportReport:
+        with self.db.transaction() as session:
+            return ledger.import_usage(session, enumerate(items))
+
+    def import_payments(self, lines: Iterable[str], *, at: datetime) -> ledger.ImportReport:
+        return self._payments(ledger.json_lines(lines), at=at)
+
+    def import_payment_items(self, items: list[object], *, at: datetime) -> ledger.ImportReport:
+        return self._payments(enumerate(items), at=at)
+
+    def _payments(
+        self, items: Iterable[tuple[int, object]], *, at: datetime
+    ) -> ledger.ImportReport:
+        report = ledger.ImportReport()
+        seen: set[str] = set()
+        for number, value in items:
+            try:
+                if isinstance(value, InvalidInput):
+                    raise value
+                payment = ledger.parse_payment(value)
+                if payment.reference in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(payment.reference)
+                with self.db.transaction() as session:
+                    receipt = ledger.record_payment(session, payment, at=at)
+            except InvalidInput as exc:
+                report.rejected.append((number, str(exc)))
+                continue
+            if receipt is None:
+                report.duplicates += 1
+            else:
+                report.accepted += 1
+                report.receipts.append(receipt)
+        return report
+
+    def run_billing(self, *, at: datetime) -> RunReport:
+        """Issue every invoice whose period ended at or before ``at``; safe to repeat."""
+        require_aware(at)
+        report = RunReport()
+        with self.db.transaction() as session:
+            due = issuing.due_periods(session, at)
+        broken: set[int] = set()
+        for group_id, period in due:
+            if group_id in broken:
+                continue
+            try:
+                with self.db.transaction() as session:
+                    closed = issuing.close_period(
+                        session, group_id=group_id, period=period, at=at, prefix=self.invoice_prefix
+                    )
+            except BillingError as exc:
+                broken.add(group_id)
+                report.failed.append((str(group_id), str(exc)))
+                continue
+            if closed is None:
+                continue
+            if closed.invoice_number:
+                report.issued.append(closed.invoice_number)
+            else:
+                report.closed_without_invoice += 1
+        return report
+
+    def export_invoices(
+        self, *, org_key: str, group_key: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        with self.db.transaction() as session:
+            org = session.scalars(select(t.Organization).filter_by(key=org_key)).one_or_none()
+            if org is None:
+                raise NotFound(f"There is no organization {org_key!r}.")
+            groups = queries.groups_of(session, org.id, group_key)
+            by_id = {g.id: g for g in groups}
+            where = t.Invoice.billing_group_id.in_(by_id)
+            if since is not None:
+                where = where & (t.Invoice.period_end > since)
+            rows = queries.load_invoices(session, where)
+            tz = queries.org_zone(session, org.id)
+            rows.sort(key=lambda r: r.number)
+            return [
+                invoice_document(
+                    r, organization=org.key, group=by_id[r.billing_group_id].key, tz=tz
+                )
+                for r in rows
+            ]
+
+    # -- people ---------------------------------------------------------------------------
+
+    def actor(self, *, team_id: str, user_id: str, is_guest: bool = False) -> Actor:
+        """Who ``user_id`` is in the organization linked to the workspace ``team_id``."""
+        with self.db.transaction() as session:
+            org = session.scalars(
+                select(t.Organization).filter_by(slack_team_id=team_id)
+            ).one_or_none()
+            if org is None:
+                raise NotAllowed(
+                    "This Slack workspace is not linked to a billing organization.",
+                    hint="An operator links it with `slack_team_id` in `billing-bot load`.",
+                )
+            admins = tuple(
+                session.scalars(
+                    select(t.Member.slack_user_id)
+                    .filter_by(organization_id=org.id, role="admin")
+                    .order_by(t.Member.slack_user_id)
+                )
+            )
+            member = session.scalars(
+                select(t.Member).filter_by(organization_id=org.id, slack_user_id=user_id)
+            ).one_or_none()
+        if member is not None:
+            role = "admin" if member.role == "admin" else "member"
+            return Actor(org.id, org.key, user_id, role, admins)
+        if org.open_read_access and not is_guest:
+            return Actor(org.id, org.key, user_id, "reader", admins)
+        who = "Guests" if is_guest else "Only members of the organization"
+        contact = ", ".join(f"<@{a}>" for a in admins) or "an operator"
+        raise NotAllowed(
+            f"{who} cannot see {org.name}'s billing.", hint=f"Ask {contact} for access."
+        )
+
+    def _admin(self, actor: Actor) -> None:
+        if not actor.is_admin:
+            contact = ", ".join(f"<@{a}>" for a in actor.admins) or "an operator"
+            raise NotAllowed("Only organization admins can change billing.", hint=f"Ask {contact}.")
+
+    def balance(self, actor: Actor, *, group_key: str | None = None, at: datetime) -> list[Balance]:
+        with self.db.transaction() as session:
+            result = []
+            for group in queries.groups_of(session, actor.organization_id, group_key):
+                ctx = issuing.group_context(session, group)
+                period, lines = issuing.draft_lines(session, ctx, at)
+                totals, redemptions = issuing.price_period(session, ctx, period, lines)
+                result.append(
+                    Balance(
+                        group=queries.group_ref(group),
+                        period=issuing.Period(
+                            period.start.astimezone(ctx.tz), period.end.astimezone(ctx.tz)
+                        ),
+                        lines=tuple(lines),
+                        totals=totals,
+                        coupon_codes=tuple(code for _, code in redemptions),
+                        tax_rate=group.tax_rate,
+                    )
+                )
+            return result
+
+    def owed(self, actor: Actor, *, group_key: str | None = None, at: datetime) -> list[Owed]:
+        with self.db.transaction() as session:
+            tz = queries.org_zone(session, actor.organization_id)
+            result = []
+            for group in queries.groups_of(session, actor.organization_id, group_key):
+                rows = queries.load_invoices(
+                    session,
+                    (t.Invoice.billing_group_id == group.id) & (t.Invoice.status == "open"),
+                )
+                rows.sort(key=lambda r: (r.invoice_date, r.number))
+                views = tuple(queries.invoice_view(session, r, tz) for r in rows)
+                outstanding = sum((v.outstanding for v in views), Money.zero(group.currency))
+                result.append(
+                    Owed(
+                        group=queries.group_ref(group),
+                        outstanding=outstanding,
+                        open_invoices=views,
+                        overdue=tuple(r.number for r in rows if queries.is_overdue(r, at, tz)),
+                    )
+                )
+            return result
+
+    def invoices(
+        self, actor: Actor, *, group_key: str | None = None, limit: int = 10
+    ) -> list[InvoiceView]:
+        with self.db.transaction() as session:
+            tz = queries.org_zone(session, actor.organization_id)
+            groups = queries.groups_of(session, actor.organization_id, group_key)
+            rows = queries.load_invoices(
+                session, t.Invoice.billing_group_id.in_([g.id for g in groups]), limit=limit
+            )
+            return [queries.invoice_view(session, r, tz) for r in rows]
+
+    def invoice(self, actor: Actor, *, number: str) -> InvoiceView:
+        with self.db.transaction() as session:
+            tz = queries.org_zone(session, actor.organization_id)
+            row = queries.find_invoice(session, actor.organization_id, number)
+            return queries.invoice_view(session, row, tz)
+
+    def payments(
+        self, actor: Actor, *, group_key: str | None = None, limit: int = 10
+    ) -> list[PaymentView]:
+        with self.db.transaction() as session:
+            groups = queries.groups_of(session, actor.organization_id, group_key)
+            return queries.payments_of(session, groups, limit)
+
+    def credits(
+        self, actor: Actor, *, group_key: str | None = None, at: datetime
+    ) -> list[CreditView]:
+        with self.db.transaction() as session:
+            groups = queries.groups_of(session, actor.organization_id, group_key)
+            return queries.credits_of(session, groups, at)
+
+    def groups(self, actor: Actor) -> list[GroupView]:
+        with self.db.transaction() as session:
+            return queries.group_views(
+                session, queries.groups_of(session, actor.organization_id, None)
+            )
+
+    def redeem_coupon(
+        self, actor: Actor, *, code: str, group_key: str | None = None, at: datetime
+    ) -> Change:
+        """Redeem ``code`` for a group: it discounts invoices of periods ending after ``at``."""
+        self._admin(actor)
+        with self.db.transaction() as session:
+            group = self._one_group(session, actor, group_key, verb="redeem CODE")
+            group = ledger.lock_group(session, group.id)
+            coupon = session.scalars(
+                select(t.CouponRow)
+                .where(func.upper(t.CouponRow.code) == code.strip().upper())
+                .with_for_update()
+            ).one_or_none()
+            if coupon is None:
+                raise NotFound(
+                    f"There is no coupon `{code}`.", hint="Check the spelling and try again."
+                )
+            if session.scalar(
+                select(t.Redemption.id).filter_by(coupon_id=coupon.id, billing_group_id=group.id)
+            ):
+                raise CouponRefused(f"Group `{group.key}` has already redeemed {coupon.code}.")
+            issuing.coupon_from_row(coupon).check_redeemable(
+                currency=group.currency, at=at, redemptions_so_far=coupon.times_redeemed
+            )
+            coupon.times_redeemed += 1
+            session.add(
+                t.Redemption(
+                    coupon_id=coupon.id,
+                    billing_group_id=group.id,
+                    redeemed_at=at,
+                    redeemed_by=actor.user_id,
+                    uses=0,
+                )
+            )
+            change = Change(
+                actor=actor.user_id,
+                action="coupon.redeem",
+                subject=f"{actor.organization_key}/{group.key}",
+                before=None,
+                after={"coupon": coupon.code},
+                at=at,
+                message=f"Coupon {coupon.code} redeemed for {group.name} (`{group.key}`).",
+            )
+            self._audit(session, actor, change)
+            return change
+
+    def assign_project(
+        self,
+        actor: Actor,
+        *,
+        project_key: str,
+        group_key: str,
+        at: datetime,
+        expected_group: str | None = None,
+    ) -> Change:
+        """Move a project to another group of the organization from ``at`` on.
+
+        ``expected_group`` is the group the project was in when the admin was asked to
+        confirm; if it moved since, the confirmation is stale and nothing changes.
+        """
+        self._admin(actor)
+        with self.db.transaction() as session:
+            project = self.find_project(session, actor, project_key)
+            target = queries.groups_of(session, actor.organization_id, group_key)[0]
+            for group_id in sorted({project.billing_group_id, target.id}):
+                ledger.lock_group(session, group_id)
+            session.refresh(project)
+            current = session.get_one(t.BillingGroup, project.billing_group_id)
+            if expected_group is not None and current.key != expected_group:
+                raise Conflict(
+                    f"Project `{project.key}` moved to `{current.key}` since you were asked; "
+                    "nothing was changed.",
+                    hint="Run `assign` again if you still want to move it.",
+                )
+            if current.id == target.id:
+                raise BillingError(f"Project `{project.key}` is already in `{target.key}`.")
+            ledger.reassign_project(
+                session, project=project, group=target, at=at, actor=actor.user_id
+            )
+            change = Change(
+                actor=actor.user_id,
+                action="project.assign",
+                subject=f"{actor.organization_key}/{project.key}",
+                before={"billing_group": current.key},
+                after={"billing_group": target.key},
+                at=at,
+                message=f"Project `{project.key}` moved from `{current.key}` to `{target.key}`.",
+            )
+            self._audit(session, actor, change)
+            return change
+
+    def find_project(self, session: Session, actor: Actor, project_key: str) -> t.Project:
+        project = session.scalars(
+            select(t.Project).filter_by(organization_id=actor.organization_id, key=project_key)
+        ).one_or_none()
+        if project is None:
+            known = session.scalars(
+                select(t.Project.key)
+                .filter_by(organization_id=actor.organization_id)
+                .order_by(t.Project.key)
+            ).all()
+            raise NotFound(
+                f"There is no project `{project_key}`.",
+                hint=f"Projects: {', '.join(known) or 'none yet'}.",
+            )
+        return project
+
+    def project_group(self, actor: Actor, project_key: str) -> str:
+        with self.db.transaction() as session:
+            project = self.find_project(session, actor, project_key)
+            return session.get_one(t.BillingGroup, project.billing_group_id).key
+
+    def _one_group(
+        self, session: Session, actor: Actor, group_key: str | None, *, verb: str
+    ) -> t.BillingGroup:
+        groups = queries.groups_of(session, actor.organization_id, group_key)
+        if len(groups) != 1:
+            names = ", ".join(g.key for g in groups)
+            raise InvalidInput(
+                "Your organization has several billing groups; say which one.",
+                hint=f"`{verb} GROUP` with one of: {names}.",
+            )
+        return groups[0]
+
+    def _audit(self, session: Session, actor: Actor, change: Change) -> None:
+        ledger.audit(
+            session,
+            at=change.at,
+            organization_id=actor.organization_id,
+            actor=change.actor,
+            action=change.action,
+            subject=change.subject,
+            before=change.before,
+            after=change.after,
+        )

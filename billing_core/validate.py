@@ -1,0 +1,118 @@
+"""Small readers for untrusted JSON: each refusal names the path of the offending value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing_core.errors import InvalidInput
+from billing_core.money import parse_decimal
+from billing_core.periods import parse_timestamp
+
+
+class Obj:
+    """A JSON object at ``path`` whose keys are checked against what is allowed."""
+
+    def __init__(self, value: object, path: str, *, allowed: set[str], required: set[str]) -> None:
+        if not isinstance(value, dict):
+            raise InvalidInput(f"expected an object, got {_kind(value)}", path=path or "(top)")
+        for key in value:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise InvalidInput(f"unknown key (known: {known})", path=_join(path, key))
+        for key in sorted(required):
+            if key not in value:
+                raise InvalidInput("is required", path=_join(path, key))
+        self.data: dict[str, Any] = value
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def str(self, key: str, *, max_len: int = 200, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput(
+                f"expected a non-empty string, got {_kind(value)}", path=self.at(key)
+            )
+        if len(value) > max_len:
+            raise InvalidInput(f"longer than {max_len} characters", path=self.at(key))
+        return value
+
+    def opt_str(self, key: str, *, max_len: int = 500) -> str | None:
+        return None if self.data.get(key) is None else self.str(key, max_len=max_len)
+
+    def key(self, key: str) -> str:
+        value = self.str(key, max_len=64)
+        if not all(ch.isalnum() or ch in "-_." for ch in value):
+            raise InvalidInput(
+                f"{value!r} may only hold letters, digits, '-', '_' and '.'", path=self.at(key)
+            )
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], *, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value not in options:
+            raise InvalidInput(f"{value!r} is not one of {', '.join(options)}", path=self.at(key))
+        assert isinstance(value, str)  # noqa: S101
+        return value
+
+    def bool(self, key: str, *, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise InvalidInput(f"expected true or false, got {_kind(value)}", path=self.at(key))
+        return value
+
+    def int(self, key: str, *, minimum: int = 0, maximum: int = 10**9) -> int:
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"expected a whole number, got {_kind(value)}", path=self.at(key))
+        if not minimum <= value <= maximum:
+            raise InvalidInput(f"{value} is not between {minimum} and {maximum}", path=self.at(key))
+        return value
+
+    def opt_int(self, key: str, *, minimum: int = 0) -> int | None:
+        return None if self.data.get(key) is None else self.int(key, minimum=minimum)
+
+    def decimal(self, key: str, *, max_decimals: int | None = None) -> Decimal:
+        return parse_decimal(self.data.get(key), path=self.at(key), max_decimals=max_decimals)
+
+    def opt_decimal(self, key: str, *, max_decimals: int | None = None) -> Decimal | None:
+        if self.data.get(key) is None:
+            return None
+        return self.decimal(key, max_decimals=max_decimals)
+
+    def timestamp(self, key: str) -> datetime:
+        return parse_timestamp(self.data.get(key), path=self.at(key))
+
+    def opt_timestamp(self, key: str) -> datetime | None:
+        return None if self.data.get(key) is None else self.timestamp(key)
+
+    def list(self, key: str) -> Iterator[tuple[str, Any]]:
+        """(path, item) for each item of an optional list."""
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise InvalidInput(f"expected a list, got {_kind(value)}", path=self.at(key))
+        for index, item in enumerate(value):
+            yield f"{self.at(key)}[{index}]", item
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return f"the number {value!r} (write decimals as strings)"
+    if isinstance(value, int | str):
+        return repr(value)
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)

@@ -1,0 +1,74 @@
+"""Babel formatting in the reader's locale; amounts always in the group's own currency."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal
+
+from billing_core.money import Money, minor_unit_exponent
+from billing_core.periods import Period
+
+
+def parse_locale(value: str | None) -> Locale | None:
+    """A Babel locale from Slack's ``en-US`` or CLDR's ``en_US``; None if unknown."""
+    if not value:
+        return None
+    try:
+        return Locale.parse(value.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return None
+
+
+def money(value: Money, locale: Locale) -> str:
+    digits = minor_unit_exponent(value.currency)
+    pattern = locale.currency_formats["standard"]
+    return (
+        format_currency(
+            value.amount,
+            value.currency,
+            format=pattern,
+            locale=locale,
+            currency_digits=False,
+            decimal_quantization=True,
+            format_type="standard",
+            numbering_system="latn",
+        )
+        if digits == 2
+        else _money_digits(value, locale, digits)
+    )
+
+
+def _money_digits(value: Money, locale: Locale, digits: int) -> str:
+    # Babel's CLDR digits differ from ISO 4217 for a few currencies; force the ISO exponent.
+    pattern = locale.currency_formats["standard"].pattern
+    number, _, _ = pattern.partition(";")
+    head, dot, tail = number.partition(".")
+    zeros = "0" * digits
+    fixed = head + (("." + zeros) if digits else "") + tail.lstrip("0#")
+    return format_currency(
+        value.amount, value.currency, format=fixed, locale=locale, currency_digits=False
+    )
+
+
+def quantity(value: Decimal, locale: Locale) -> str:
+    return format_decimal(value, locale=locale, decimal_quantization=False)
+
+
+def day(value: date, locale: Locale) -> str:
+    return format_date(value, format="medium", locale=locale)
+
+
+def moment(value: datetime, locale: Locale) -> str:
+    return format_datetime(value, format="medium", locale=locale, tzinfo=value.tzinfo)
+
+
+def period(value: Period, locale: Locale) -> str:
+    """[start, end) shown as the first and last day it covers, in its own zone."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    last = (value.end - timedelta(microseconds=1)).date()
+    return f"{day(value.start.date(), locale)} – {day(last, locale)}"
