@@ -61,8 +61,9 @@ def metric_price(row: t.MetricPriceRow) -> MetricPrice:
     tiers = tuple(
         Tier(None if up is None else Decimal(up), Decimal(str(price))) for up, price in row.tiers
     )
-    aggregation = "max" if row.aggregation == "max" else "sum"
-    return MetricPrice(row.metric, row.category, aggregation, tiers)
+    if row.aggregation == "max":
+        return MetricPrice(row.metric, row.category, "max", tiers)
+    return MetricPrice(row.metric, row.category, "sum", tiers)
 
 
 def group_context(session: Session, group: t.BillingGroup) -> GroupContext:
@@ -118,9 +119,9 @@ def _price(ctx: GroupContext, metric: str) -> MetricPrice:
 
 def _named(session: Session, quantities: dict[int, Decimal]) -> dict[str, Decimal]:
     keys = dict(
-        session.execute(select(t.Project.id, t.Project.key).where(t.Project.id.in_(quantities)))
-        .tuples()
-        .all()
+        session.execute(
+            select(t.Project.id, t.Project.key).where(t.Project.id.in_(quantities))
+        ).all()
     )
     return {keys[pid]: q for pid, q in quantities.items()}
 
@@ -170,7 +171,7 @@ def rate_period(
     for metric, project_id, quantity, ts in late_rows:
         late[ctx.schedule.containing(ts)][metric][project_id].append(quantity)
     for late_period in sorted(late, key=lambda p: p.start):
-        settled = t.UsageEvent.close_id.is_not(None)
+        settled: ColumnElement[bool] = t.UsageEvent.close_id.is_not(None)
         if excluded_close is not None:
             settled = and_(settled, t.UsageEvent.close_id != excluded_close)
         billed = _aggregate(
@@ -415,15 +416,13 @@ def due_periods(session: Session, at: datetime) -> list[tuple[int, Period]]:
             select(t.PeriodClose.billing_group_id, func.max(t.PeriodClose.period_end)).group_by(
                 t.PeriodClose.billing_group_id
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     rows = session.execute(
         select(t.BillingGroup, t.Organization.timezone)
         .join(t.Organization, t.Organization.id == t.BillingGroup.organization_id)
         .order_by(t.BillingGroup.id)
-    ).tuples()
+    )
     due: list[tuple[datetime, int, Period]] = []
     for group, tz_name in rows:
         schedule = Schedule(

@@ -139,8 +139,10 @@ def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, object | InvalidInpu
             yield number, json.loads(raw, parse_float=_refuse_float)
         except InvalidInput as exc:
             yield number, exc
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield number, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except ValueError as exc:  # e.g. a number too long to convert
+            yield number, InvalidInput(f"not valid JSON ({exc})")
 
 
 def _refuse_float(text: str) -> object:
@@ -164,15 +166,15 @@ def _parse_event(value: object) -> _Event:
         allowed={"id", "project", "metric", "quantity", "timestamp"},
         required={"id", "project", "metric", "quantity", "timestamp"},
     )
-    ref = o.str("project", max_len=130)
+    ref = o.text("project", max_len=130)
     org_key, sep, project_key = ref.partition("/")
     if not sep or not org_key or not project_key:
         raise InvalidInput(f"{ref!r} is not ORGANIZATION/PROJECT", path="project")
     return _Event(
-        event_id=o.str("id", max_len=128),
+        event_id=o.text("id", max_len=128),
         org_key=org_key,
         project_key=project_key,
-        metric=o.str("metric", max_len=100),
+        metric=o.text("metric", max_len=100),
         quantity=o.decimal("quantity", max_decimals=QUANTITY_DECIMALS),
         ts=o.timestamp("timestamp"),
     )
@@ -305,7 +307,7 @@ def parse_payment(value: object) -> PaymentIn:
         allowed={"reference", "billing_group", "amount", "currency", "method", "received_at"},
         required={"reference", "billing_group", "amount", "currency", "method", "received_at"},
     )
-    ref = o.str("billing_group", max_len=130)
+    ref = o.text("billing_group", max_len=130)
     org_key, sep, group_key = ref.partition("/")
     if not sep or not org_key or not group_key:
         raise InvalidInput(f"{ref!r} is not ORGANIZATION/GROUP", path="billing_group")
@@ -313,11 +315,11 @@ def parse_payment(value: object) -> PaymentIn:
     if amount <= 0:
         raise InvalidInput("must be more than zero", path="amount")
     return PaymentIn(
-        reference=o.str("reference", max_len=128),
+        reference=o.text("reference", max_len=128),
         org_key=org_key,
         group_key=group_key,
         amount=amount,
-        currency=o.str("currency", max_len=3),
+        currency=o.text("currency", max_len=3),
         method=o.choice("method", PAYMENT_METHODS),
         received_at=o.timestamp("received_at"),
     )

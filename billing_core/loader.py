@@ -66,13 +66,13 @@ def load_document(session: Session, document: object, *, at: datetime) -> LoadSu
         required=set(),
     )
     loader = _Loader(session, at)
-    for path, item in top.list("price_lists"):
+    for path, item in top.items("price_lists"):
         loader.price_list(item, path)
-    for path, item in top.list("plans"):
+    for path, item in top.items("plans"):
         loader.plan(item, path)
-    for path, item in top.list("coupons"):
+    for path, item in top.items("coupons"):
         loader.coupon(item, path)
-    for path, item in top.list("organizations"):
+    for path, item in top.items("organizations"):
         loader.organization(item, path)
     session.flush()
     return loader.summary
@@ -91,7 +91,7 @@ class _Loader:
             raise InvalidInput(f"{key!r} appears twice", path=path)
         keys.add(key.casefold())
 
-    def _row(self, model: type[Any], **where: Any) -> Any:
+    def _row(self, model: type[Any], **where: Any) -> Any:  # a mapped row or None
         return self.s.scalars(select(model).filter_by(**where)).one_or_none()
 
     # -- catalogue ------------------------------------------------------------------------
@@ -121,14 +121,14 @@ class _Loader:
         self.summary.count("price lists", row.id is None)
         metrics: dict[str, t.MetricPriceRow] = {m.metric: m for m in row.metrics}
         names: set[str] = set()
-        for mpath, m in o.list("metrics"):
+        for mpath, m in o.items("metrics"):
             mo = Obj(
                 m,
                 mpath,
                 allowed={"metric", "category", "aggregation", "unit_price", "tiers"},
                 required={"metric", "category"},
             )
-            name = mo.str("metric", max_len=100)
+            name = mo.text("metric", max_len=100)
             if name in names:
                 raise InvalidInput(f"metric {name!r} appears twice", path=mo.at("metric"))
             names.add(name)
@@ -137,7 +137,7 @@ class _Loader:
             if existing is None:
                 existing = t.MetricPriceRow(metric=name)
                 row.metrics.append(existing)
-            existing.category = mo.str("category", max_len=100)
+            existing.category = mo.text("category", max_len=100)
             existing.aggregation = mo.choice("aggregation", ("sum", "max"), default="sum")
             existing.tiers = tiers
         self.s.flush()
@@ -151,7 +151,7 @@ class _Loader:
         )
         key = o.key("key")
         self._unique("plan", key, o.at("key"))
-        price_list = self._row(t.PriceList, key=o.str("price_list"))
+        price_list = self._row(t.PriceList, key=o.text("price_list"))
         if price_list is None:
             raise InvalidInput("no such price list", path=o.at("price_list"))
         fee = o.decimal("monthly_fee", max_decimals=minor_unit_exponent(price_list.currency))
@@ -171,7 +171,7 @@ class _Loader:
         if row is None:
             row = t.Plan(key=key)
             self.s.add(row)
-        row.name = o.str("name")
+        row.name = o.text("name")
         row.price_list_id = price_list.id
         row.monthly_fee = fee
         row.included = included
@@ -212,7 +212,7 @@ class _Loader:
         duration = o.choice("duration", ("once", "repeating", "forever"))
         periods = None
         if duration == "repeating":
-            periods = o.int("duration_periods", minimum=1, maximum=1200)
+            periods = o.whole("duration_periods", minimum=1, maximum=1200)
         elif o.has("duration_periods"):
             raise InvalidInput("only a repeating coupon has periods", path=o.at("duration_periods"))
         row = self.s.scalars(
@@ -227,7 +227,7 @@ class _Loader:
         row.currency = currency
         row.duration = duration
         row.duration_periods = periods
-        row.max_redemptions = o.opt_int("max_redemptions", minimum=1)
+        row.max_redemptions = o.opt_whole("max_redemptions", minimum=1)
         row.redeem_by = o.opt_timestamp("redeem_by")
         self.s.flush()
 
@@ -254,8 +254,8 @@ class _Loader:
         )
         key = o.key("key")
         self._unique("organization", key, o.at("key"))
-        zone(o.str("timezone", max_len=64), path=o.at("timezone"))
-        team = o.opt_str("slack_team_id", max_len=32)
+        zone(o.text("timezone", max_len=64), path=o.at("timezone"))
+        team = o.opt_text("slack_team_id", max_len=32)
         if team is not None:
             other = self._row(t.Organization, slack_team_id=team)
             if other is not None and other.key != key:
@@ -268,34 +268,34 @@ class _Loader:
         if org is None:
             org = t.Organization(key=key)
             self.s.add(org)
-        org.name = o.str("name")
+        org.name = o.text("name")
         org.slack_team_id = team
-        org.timezone = o.str("timezone")
-        org.locale = None if not o.has("locale") else check_locale(o.str("locale"), o.at("locale"))
-        org.open_read_access = o.bool("open_read_access", default=False)
+        org.timezone = o.text("timezone")
+        org.locale = None if not o.has("locale") else check_locale(o.text("locale"), o.at("locale"))
+        org.open_read_access = o.flag("open_read_access", default=False)
         self.s.flush()
-        for mpath, m in o.list("members"):
+        for mpath, m in o.items("members"):
             self.member(org, m, mpath)
         groups = {
             g.key: g
             for g in self.s.scalars(select(t.BillingGroup).filter_by(organization_id=org.id))
         }
-        for gpath, g in o.list("billing_groups"):
+        for gpath, g in o.items("billing_groups"):
             row = self.billing_group(org, g, gpath)
             groups[row.key] = row
         units = {u.key: u for u in self.s.scalars(select(t.Unit).filter_by(organization_id=org.id))}
-        for upath, u in o.list("units"):
+        for upath, u in o.items("units"):
             row_u = self.unit(org, u, upath, units)
             units[row_u.key] = row_u
-        for ppath, p in o.list("projects"):
+        for ppath, p in o.items("projects"):
             self.project(org, p, ppath, groups, units)
         counts: dict[str, int] = {}
-        for cpath, c in o.list("credits"):
+        for cpath, c in o.items("credits"):
             self.credit(c, cpath, groups, counts)
 
     def member(self, org: t.Organization, item: object, path: str) -> None:
         o = Obj(item, path, allowed={"slack_user_id", "role"}, required={"slack_user_id", "role"})
-        user = o.str("slack_user_id", max_len=32)
+        user = o.text("slack_user_id", max_len=32)
         self._unique(f"member:{org.key}", user, o.at("slack_user_id"))
         row = self._row(t.Member, organization_id=org.id, slack_user_id=user)
         self.summary.count("members", row is None)
@@ -336,12 +336,12 @@ class _Loader:
                 allowed={"plan", "start"},
                 required={"plan", "start"},
             )
-            plan = self._row(t.Plan, key=so.str("plan"))
+            plan = self._row(t.Plan, key=so.text("plan"))
             if plan is None:
                 raise InvalidInput("no such plan", path=so.at("plan"))
             sub_start = so.timestamp("start")
         if o.has("price_list"):
-            price_list = self._row(t.PriceList, key=o.str("price_list"))
+            price_list = self._row(t.PriceList, key=o.text("price_list"))
             if price_list is None:
                 raise InvalidInput("no such price list", path=o.at("price_list"))
             if plan is not None and plan.price_list_id != price_list.id:
@@ -370,7 +370,7 @@ class _Loader:
         tax_rate = o.opt_decimal("tax_rate", max_decimals=6)
         if tax_rate is not None and tax_rate >= 1:
             raise InvalidInput("is a fraction: 0.19 for 19%", path=o.at("tax_rate"))
-        row = self._row(t.BillingGroup, organization_id=org.id, key=key)
+        row: t.BillingGroup | None = self._row(t.BillingGroup, organization_id=org.id, key=key)
         if row is not None and self.s.scalar(
             select(func.count()).select_from(t.PeriodClose).filter_by(billing_group_id=row.id)
         ):
@@ -391,29 +391,29 @@ class _Loader:
         if row is None:
             row = t.BillingGroup(organization_id=org.id, key=key)
             self.s.add(row)
-        row.name = o.str("name")
+        row.name = o.text("name")
         row.price_list_id = price_list.id
         row.currency = currency
         row.payment_method = o.choice("payment_method", PAYMENT_METHODS)
         row.payment_terms_days = (
-            o.int("payment_terms_days", maximum=365) if o.has("payment_terms_days") else 14
+            o.whole("payment_terms_days", maximum=365) if o.has("payment_terms_days") else 14
         )
         row.tax_rate = tax_rate
-        row.billing_address = o.opt_str("billing_address")
-        row.shipping_address = o.opt_str("shipping_address")
-        row.vat_id = o.opt_str("vat_id", max_len=64)
+        row.billing_address = o.opt_text("billing_address")
+        row.shipping_address = o.opt_text("shipping_address")
+        row.vat_id = o.opt_text("vat_id", max_len=64)
         row.created_at = created_at
         row.plan_id = plan.id if plan else None
         row.subscription_start = sub_start
         self.s.flush()
         contacts = []
-        for cpath, c in o.list("contacts"):
+        for cpath, c in o.items("contacts"):
             co = Obj(
                 c, cpath, allowed={"slack_user_id", "slack_channel_id", "email"}, required=set()
             )
             user, channel = (
-                co.opt_str("slack_user_id", max_len=32),
-                co.opt_str("slack_channel_id", max_len=32),
+                co.opt_text("slack_user_id", max_len=32),
+                co.opt_text("slack_channel_id", max_len=32),
             )
             if (user is None) == (channel is None):
                 raise InvalidInput(
@@ -424,7 +424,7 @@ class _Loader:
                     billing_group_id=row.id,
                     slack_user_id=user,
                     slack_channel_id=channel,
-                    email=co.opt_str("email"),
+                    email=co.opt_text("email"),
                 )
             )
         if "contacts" in o.data:
@@ -441,7 +441,7 @@ class _Loader:
         self._unique(f"unit:{org.key}", key, o.at("key"))
         parent = None
         if o.has("parent"):
-            parent = units.get(o.str("parent"))
+            parent = units.get(o.text("parent"))
             if parent is None:
                 raise InvalidInput(
                     "no such unit in this organization (list parents first)", path=o.at("parent")
@@ -456,7 +456,7 @@ class _Loader:
         if row is None:
             row = t.Unit(organization_id=org.id, key=key)
             self.s.add(row)
-        row.name = o.str("name")
+        row.name = o.text("name")
         row.parent_id = parent.id if parent else None
         self.s.flush()
         return row
@@ -477,7 +477,7 @@ class _Loader:
         )
         key = o.key("key")
         self._unique(f"project:{org.key}", key, o.at("key"))
-        group = groups.get(o.str("billing_group"))
+        group = groups.get(o.text("billing_group"))
         if group is None:
             raise InvalidInput(
                 f"no billing group {o.data['billing_group']!r} in organization {org.key!r}",
@@ -485,14 +485,14 @@ class _Loader:
             )
         unit = None
         if o.has("unit"):
-            unit = units.get(o.str("unit"))
+            unit = units.get(o.text("unit"))
             if unit is None:
                 raise InvalidInput("no such unit in this organization", path=o.at("unit"))
         row = self._row(t.Project, organization_id=org.id, key=key)
         self.summary.count("projects", row is None)
         if row is None:
             row = t.Project(
-                organization_id=org.id, key=key, name=o.str("name"), billing_group_id=group.id
+                organization_id=org.id, key=key, name=o.text("name"), billing_group_id=group.id
             )
             self.s.add(row)
             self.s.flush()
@@ -509,7 +509,7 @@ class _Loader:
 
             reassign_project(self.s, project=row, group=group, at=self.at, actor="load")
             self.summary.reassigned.append(f"{org.key}/{key}")
-        row.name = o.str("name")
+        row.name = o.text("name")
         row.unit_id = unit.id if unit else None
 
     def credit(
@@ -521,7 +521,7 @@ class _Loader:
             allowed={"billing_group", "amount", "expires_at", "reason", "key"},
             required={"billing_group", "amount"},
         )
-        group = groups.get(o.str("billing_group"))
+        group = groups.get(o.text("billing_group"))
         if group is None:
             raise InvalidInput(
                 "no such billing group in this organization", path=o.at("billing_group")
@@ -530,7 +530,7 @@ class _Loader:
         if amount <= 0:
             raise InvalidInput("must be more than zero", path=o.at("amount"))
         expires_at = o.opt_timestamp("expires_at")
-        reason = o.opt_str("reason")
+        reason = o.opt_text("reason")
         if o.has("key"):
             grant_key = "key:" + o.key("key")
         else:
@@ -570,7 +570,7 @@ def _tiers(mo: Obj) -> list[list[str | None]]:
         return [[None, str(mo.decimal("unit_price", max_decimals=MAX_UNIT_PRICE_DECIMALS))]]
     tiers: list[list[str | None]] = []
     previous = Decimal(0)
-    items = list(mo.list("tiers"))
+    items = list(mo.items("tiers"))
     if not items:
         raise InvalidInput("needs at least one tier", path=mo.at("tiers"))
     for index, (tpath, tier) in enumerate(items):

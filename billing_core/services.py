@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from billing_core import issuing, ledger, queries
@@ -33,7 +33,7 @@ from billing_core.model import (
     PaymentView,
 )
 from billing_core.money import Money
-from billing_core.periods import require_aware
+from billing_core.periods import Period, require_aware
 
 
 @dataclass
@@ -154,7 +154,7 @@ class BillingService:
                 raise NotFound(f"There is no organization {org_key!r}.")
             groups = queries.groups_of(session, org.id, group_key)
             by_id = {g.id: g for g in groups}
-            where = t.Invoice.billing_group_id.in_(by_id)
+            where: ColumnElement[bool] = t.Invoice.billing_group_id.in_(by_id)
             if since is not None:
                 where = where & (t.Invoice.period_end > since)
             rows = queries.load_invoices(session, where)
@@ -191,8 +191,9 @@ class BillingService:
                 select(t.Member).filter_by(organization_id=org.id, slack_user_id=user_id)
             ).one_or_none()
         if member is not None:
-            role = "admin" if member.role == "admin" else "member"
-            return Actor(org.id, org.key, user_id, role, admins)
+            if member.role == "admin":
+                return Actor(org.id, org.key, user_id, "admin", admins)
+            return Actor(org.id, org.key, user_id, "member", admins)
         if org.open_read_access and not is_guest:
             return Actor(org.id, org.key, user_id, "reader", admins)
         who = "Guests" if is_guest else "Only members of the organization"
@@ -216,7 +217,7 @@ class BillingService:
                 result.append(
                     Balance(
                         group=queries.group_ref(group),
-                        period=issuing.Period(
+                        period=Period(
                             period.start.astimezone(ctx.tz), period.end.astimezone(ctx.tz)
                         ),
                         lines=tuple(lines),

@@ -34,7 +34,7 @@ class Obj:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def str(self, key: str, *, max_len: int = 200, default: str | None = None) -> str:
+    def text(self, key: str, *, max_len: int = 200, default: str | None = None) -> str:
         value = self.data.get(key, default)
         if not isinstance(value, str) or not value.strip():
             raise InvalidInput(
@@ -44,11 +44,11 @@ class Obj:
             raise InvalidInput(f"longer than {max_len} characters", path=self.at(key))
         return value
 
-    def opt_str(self, key: str, *, max_len: int = 500) -> str | None:
-        return None if self.data.get(key) is None else self.str(key, max_len=max_len)
+    def opt_text(self, key: str, *, max_len: int = 500) -> str | None:
+        return None if self.data.get(key) is None else self.text(key, max_len=max_len)
 
     def key(self, key: str) -> str:
-        value = self.str(key, max_len=64)
+        value = self.text(key, max_len=64)
         if not all(ch.isalnum() or ch in "-_." for ch in value):
             raise InvalidInput(
                 f"{value!r} may only hold letters, digits, '-', '_' and '.'", path=self.at(key)
@@ -62,13 +62,13 @@ class Obj:
         assert isinstance(value, str)  # noqa: S101
         return value
 
-    def bool(self, key: str, *, default: bool) -> bool:
+    def flag(self, key: str, *, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise InvalidInput(f"expected true or false, got {_kind(value)}", path=self.at(key))
         return value
 
-    def int(self, key: str, *, minimum: int = 0, maximum: int = 10**9) -> int:
+    def whole(self, key: str, *, minimum: int = 0, maximum: int = 10**9) -> int:
         value = self.data.get(key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"expected a whole number, got {_kind(value)}", path=self.at(key))
@@ -76,8 +76,8 @@ class Obj:
             raise InvalidInput(f"{value} is not between {minimum} and {maximum}", path=self.at(key))
         return value
 
-    def opt_int(self, key: str, *, minimum: int = 0) -> int | None:
-        return None if self.data.get(key) is None else self.int(key, minimum=minimum)
+    def opt_whole(self, key: str, *, minimum: int = 0) -> int | None:
+        return None if self.data.get(key) is None else self.whole(key, minimum=minimum)
 
     def decimal(self, key: str, *, max_decimals: int | None = None) -> Decimal:
         return parse_decimal(self.data.get(key), path=self.at(key), max_decimals=max_decimals)
@@ -93,7 +93,7 @@ class Obj:
     def opt_timestamp(self, key: str) -> datetime | None:
         return None if self.data.get(key) is None else self.timestamp(key)
 
-    def list(self, key: str) -> Iterator[tuple[str, Any]]:
+    def items(self, key: str) -> Iterator[tuple[str, Any]]:
         """(path, item) for each item of an optional list."""
         value = self.data.get(key, [])
         if not isinstance(value, list):
@@ -115,4 +115,8 @@ def _kind(value: object) -> str:
         return f"the number {value!r} (write decimals as strings)"
     if isinstance(value, int | str):
         return repr(value)
-    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

@@ -184,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SQLAlchemyError as exc:
         # The statement and its parameters stay out of the message: they may hold customer data.
-        reason = str(exc.orig) if getattr(exc, "orig", None) is not None else type(exc).__name__
+        orig = getattr(exc, "orig", None)
+        reason = str(orig) if orig is not None else type(exc).__name__
         hint = (
             " (has `billing-bot db upgrade` been run?)"
             if "no such table" in reason or ("does not exist" in reason)

@@ -43,9 +43,10 @@ def owed_text(owed: list[Owed], locale: Locale) -> str:
 def invoices_text(invoices: list[InvoiceView], locale: Locale) -> str:
     out = []
     for i in invoices:
+        total = fmt.money(i.totals.total, locale)
+        due = fmt.day(i.due_date, locale)
         out.append(
-            f"{i.number}  {fmt.period(i.period, locale):<30} "
-            f"{fmt.money(i.totals.total, locale):>14}  {i.status:<5} due {fmt.day(i.due_date, locale)}"
+            f"{i.number}  {fmt.period(i.period, locale):<30} {total:>14}  {i.status:<5} due {due}"
         )
     return "\n".join(out) or "No invoices yet."
 
