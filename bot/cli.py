@@ -21,6 +21,8 @@ from billing_core.export import to_csv
 from billing_core.periods import parse_timestamp
 from billing_core.services import BillingService
 from billing_core.settings import Settings, mask_url
+from bot import slack_cli
+from notifications import cli as notifications_cli
 
 log = logging.getLogger("billing_bot")
 
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--org", required=True)
     inv.add_argument("--group")
     inv.add_argument("--format", choices=("json", "csv"), default="json")
+    slack_cli.register(sub)
+    notifications_cli.register(sub)
     add("demo", cmd_demo, "fill the database with a demo organization and show it").add_argument(
         "--at", help=argparse.SUPPRESS
     )
