@@ -140,7 +140,7 @@ def rate_period(
     period: Period,
     *,
     new: ColumnElement[bool],
-    excluded_close: int | None,
+    billed_before: int | None,
 ) -> list[Line]:
     """The lines for ``period``: its subscription, its usage, and usage of earlier periods
     that arrived after those were invoiced (``new`` selects the events not yet billed)."""
@@ -171,9 +171,11 @@ def rate_period(
     for metric, project_id, quantity, ts in late_rows:
         late[ctx.schedule.containing(ts)][metric][project_id].append(quantity)
     for late_period in sorted(late, key=lambda p: p.start):
+        # Billed already: claimed by an earlier close of this group (close ids only grow, and
+        # the group lock keeps one close of a group at a time), or by any close for a draft.
         settled: ColumnElement[bool] = t.UsageEvent.close_id.is_not(None)
-        if excluded_close is not None:
-            settled = and_(settled, t.UsageEvent.close_id != excluded_close)
+        if billed_before is not None:
+            settled = and_(settled, t.UsageEvent.close_id < billed_before)
         billed = _aggregate(
             session,
             ctx,
@@ -315,7 +317,7 @@ def close_period(
         .values(close_id=close_id)
     )
     lines = rate_period(
-        session, ctx, period, new=t.UsageEvent.close_id == close_id, excluded_close=close_id
+        session, ctx, period, new=t.UsageEvent.close_id == close_id, billed_before=close_id
     )
     if not any(line.amount.amount > 0 for line in lines):
         return Closed(group_id, period, None)
@@ -454,4 +456,4 @@ def draft_lines(session: Session, ctx: GroupContext, at: datetime) -> tuple[Peri
         if closed_until is not None:
             belongs = or_(belongs, t.UsageEvent.ts < closed_until)
         unbilled = and_(unbilled, belongs)
-    return period, rate_period(session, ctx, period, new=unbilled, excluded_close=None)
+    return period, rate_period(session, ctx, period, new=unbilled, billed_before=None)

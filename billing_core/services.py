@@ -145,6 +145,13 @@ class BillingService:
                 report.closed_without_invoice += 1
         return report
 
+    def check(self) -> list[str]:
+        """Every violated invariant in the database (empty when all hold)."""
+        from billing_core.checks import violations  # noqa: PLC0415 - only the audit needs it
+
+        with self.db.transaction() as session:
+            return list(violations(session))
+
     def export_invoices(
         self, *, org_key: str, group_key: str | None = None, since: datetime | None = None
     ) -> list[dict[str, Any]]:

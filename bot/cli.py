@@ -124,6 +124,17 @@ def cmd_invoices(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    problems = _service(settings).check()
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} invariants violated", file=sys.stderr)
+        return 1
+    print("all invariants hold")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from bot.demo import run_demo  # noqa: PLC0415
 
@@ -165,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--org", required=True)
     inv.add_argument("--group")
     inv.add_argument("--format", choices=("json", "csv"), default="json")
+    add("check", cmd_check, "audit the database against every billing invariant")
     slack_cli.register(sub)
     notifications_cli.register(sub)
     add("demo", cmd_demo, "fill the database with a demo organization and show it").add_argument(
