@@ -182,8 +182,8 @@ def _numbers(session: Session) -> Iterator[str]:
     for name, column in (("invoice", t.Invoice.number), ("receipt", t.Payment.receipt_number)):
         by_year: dict[int, list[int]] = defaultdict(list)
         for (number,) in session.execute(select(column)):
-            _, year, sequence = number.rsplit("-", 2)
-            by_year[int(year)].append(int(sequence))
+            _, year_text, sequence = number.rsplit("-", 2)
+            by_year[int(year_text)].append(int(sequence))
         for year in sorted(set(by_year) | {y for (n, y) in counters if n == name}):
             seen = sorted(by_year.get(year, []))
             top = counters.get((name, year), 0)
