@@ -144,10 +144,11 @@ def _payments(session: Session) -> Iterator[str]:
     ):
         allocated[payment_id] += amount
     to_credit: dict[int, Decimal] = defaultdict(Decimal)
-    for payment_id, amount in session.execute(
+    for source, amount in session.execute(
         select(t.Credit.payment_id, t.Credit.amount).where(t.Credit.payment_id.is_not(None))
     ):
-        to_credit[payment_id] += amount
+        if source is not None:
+            to_credit[source] += amount
     for p in session.scalars(select(t.Payment)):
         if allocated[p.id] + to_credit[p.id] != p.amount:
             yield (
