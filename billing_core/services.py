@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
@@ -153,8 +153,9 @@ class BillingService:
             return list(violations(session))
 
     def export_invoices(
-        self, *, org_key: str, group_key: str | None = None, since: datetime | None = None
+        self, *, org_key: str, group_key: str | None = None, since: date | None = None
     ) -> list[dict[str, Any]]:
+        """Invoice documents (SPEC 4.4), dated ``since`` or later when given."""
         with self.db.transaction() as session:
             org = session.scalars(select(t.Organization).filter_by(key=org_key)).one_or_none()
             if org is None:
@@ -163,7 +164,7 @@ class BillingService:
             by_id = {g.id: g for g in groups}
             where: ColumnElement[bool] = t.Invoice.billing_group_id.in_(by_id)
             if since is not None:
-                where = where & (t.Invoice.period_end > since)
+                where = where & (t.Invoice.invoice_date >= since)
             rows = queries.load_invoices(session, where)
             tz = queries.org_zone(session, org.id)
             rows.sort(key=lambda r: r.number)
