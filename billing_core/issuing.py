@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -30,12 +30,13 @@ from billing_core.model import (
     compute_totals,
 )
 from billing_core.money import Money
-from billing_core.periods import Period, Schedule, local_date, zone
+from billing_core.periods import Period, Schedule, local_date, local_midnight, zone
 from billing_core.rating import (
     ZERO,
     Line,
     MetricPrice,
     Tier,
+    aggregate,
     rate_late_usage,
     rate_usage,
     subscription_line,
@@ -457,3 +458,50 @@ def draft_lines(session: Session, ctx: GroupContext, at: datetime) -> tuple[Peri
             belongs = or_(belongs, t.UsageEvent.ts < closed_until)
         unbilled = and_(unbilled, belongs)
     return period, rate_period(session, ctx, period, new=unbilled, billed_before=None)
+
+
+def daily_charges(
+    session: Session, ctx: GroupContext, at: datetime
+) -> tuple[Period, list[date], dict[str, list[Money]]]:
+    """What each day of the open period added, by category (usage only, before coupons/tax)."""
+    period = ctx.schedule.containing(at)
+    window = and_(
+        t.UsageEvent.billing_group_id == ctx.group.id,
+        t.UsageEvent.close_id.is_(None),
+        _period_range(ctx, period),
+        t.UsageEvent.ts < at,
+    )
+    rows = session.execute(
+        select(t.UsageEvent.metric, t.UsageEvent.project_id, t.UsageEvent.quantity, t.UsageEvent.ts)
+        .where(window)
+        .order_by(t.UsageEvent.ts)
+    ).all()
+    days: list[date] = []
+    first = local_date(period.start, ctx.tz)
+    last = local_date(min(at, period.end - timedelta(microseconds=1)), ctx.tz)
+    while first <= last:
+        days.append(first)
+        first += timedelta(days=1)
+    currency = ctx.group.currency
+    seen: dict[str, dict[int, list[Decimal]]] = defaultdict(lambda: defaultdict(list))
+    by_category: dict[str, list[Money]] = defaultdict(lambda: [Money.zero(currency)] * len(days))
+    previous: dict[str, Money] = {}
+    index = 0
+    for i, day in enumerate(days):
+        day_end = local_midnight(day + timedelta(days=1), ctx.tz)
+        while index < len(rows) and rows[index][3] < day_end:
+            metric, project_id, quantity, _ = rows[index]
+            seen[metric][project_id].append(quantity)
+            index += 1
+        so_far: dict[str, Money] = defaultdict(lambda: Money.zero(currency))
+        for metric, projects in seen.items():
+            price = _price(ctx, metric)
+            quantities = {str(p): aggregate(price.aggregation, q) for p, q in projects.items()}
+            line = rate_usage(
+                price, quantities, included=ctx.included(period, metric), currency=currency
+            )
+            so_far[price.category] = so_far[price.category] + line.amount
+        for category, amount in so_far.items():
+            by_category[category][i] = amount - previous.get(category, Money.zero(currency))
+        previous = dict(so_far)
+    return period, days, dict(by_category)

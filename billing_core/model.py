@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -151,8 +151,12 @@ def compute_totals(
 
 def credit_order(credit: AvailableCredit) -> tuple[bool, datetime, datetime, int]:
     """Soonest-expiring first, credits without expiry last, then the oldest grant."""
-    far = credit.granted_at.max.replace(tzinfo=credit.granted_at.tzinfo)
-    return (credit.expires_at is None, credit.expires_at or far, credit.granted_at, credit.id)
+    # One shared stand-in for "never": a far date in each credit's own zone would differ
+    # between credits and outrank the grant date.
+    return (credit.expires_at is None, credit.expires_at or _NEVER, credit.granted_at, credit.id)
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 # --- Read models handed to the Slack layer and the exports -------------------------------
@@ -178,6 +182,13 @@ class InvoiceView:
     totals: Totals
     amount_paid: Money
     tax_rate: Decimal | None
+    organization_name: str = ""
+    organization_locale: str | None = None
+    billing_address: str | None = None
+    shipping_address: str | None = None
+    vat_id: str | None = None
+    payment_method: str = ""
+    discount_codes: tuple[str, ...] = ()
 
     @property
     def outstanding(self) -> Money:
@@ -194,6 +205,21 @@ class Balance:
     totals: Totals
     coupon_codes: tuple[str, ...]
     tax_rate: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class DailyCharges:
+    """The open period's charges so far, day by day and by category (before coupons and tax).
+
+    ``by_category[c][i]`` is what day ``days[i]`` added to category ``c``: the difference between
+    rating everything up to the end of that day and up to the end of the day before, so the
+    days add up to the balance's lines exactly, tiers and allowances included.
+    """
+
+    group: GroupRef
+    period: Period
+    days: tuple[date, ...]
+    by_category: dict[str, tuple[Money, ...]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,13 @@ def invoice_view(session: Session, invoice: t.Invoice, tz: ZoneInfo) -> InvoiceV
         amount_due=money(invoice.amount_due),
     )
     return InvoiceView(
+        organization_name=org.name,
+        organization_locale=org.locale,
+        billing_address=group.billing_address,
+        shipping_address=group.shipping_address,
+        vat_id=group.vat_id,
+        payment_method=group.payment_method,
+        discount_codes=tuple(d.code for d in discounts),
         number=invoice.number,
         organization=org.key,
         group=group_ref(group),

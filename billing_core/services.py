@@ -27,6 +27,7 @@ from billing_core.model import (
     Actor,
     Balance,
     CreditView,
+    DailyCharges,
     GroupView,
     InvoiceView,
     Owed,
@@ -232,6 +233,27 @@ class BillingService:
                         totals=totals,
                         coupon_codes=tuple(code for _, code in redemptions),
                         tax_rate=group.tax_rate,
+                    )
+                )
+            return result
+
+    def daily_charges(
+        self, actor: Actor, *, group_key: str | None = None, at: datetime
+    ) -> list[DailyCharges]:
+        """Per group: what each day of the open period added, by category."""
+        with self.db.transaction() as session:
+            result = []
+            for group in queries.groups_of(session, actor.organization_id, group_key):
+                ctx = issuing.group_context(session, group)
+                period, days, by_category = issuing.daily_charges(session, ctx, at)
+                result.append(
+                    DailyCharges(
+                        group=queries.group_ref(group),
+                        period=Period(
+                            period.start.astimezone(ctx.tz), period.end.astimezone(ctx.tz)
+                        ),
+                        days=tuple(days),
+                        by_category={c: tuple(v) for c, v in sorted(by_category.items())},
                     )
                 )
             return result
