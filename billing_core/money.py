@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -22,6 +23,8 @@ _EXPONENTS: dict[str, int] = {
 _KNOWN = frozenset(list_currencies())
 
 MAX_UNIT_PRICE_DECIMALS = 12
+# Plain decimal notation only: no exponent, no underscores, no "+", no spaces, no NaN.
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 def check_currency(code: object, *, path: str | None = None) -> str:
@@ -53,17 +56,17 @@ def parse_decimal(
         raise InvalidInput(
             f'expected a decimal string such as "12.30", got {type(value).__name__}', path=path
         )
+    text = str(value)
+    if not _DECIMAL.fullmatch(text):
+        raise InvalidInput(f'{value!r} is not a decimal number such as "12.30"', path=path)
     try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
+        number = Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise InvalidInput(f"{value!r} is not a decimal number", path=path) from None
-    if not number.is_finite():
-        raise InvalidInput(f"{value!r} is not a finite number", path=path)
     if number < 0 and not allow_negative:
         raise InvalidInput(f"{value!r} is negative", path=path)
-    exponent = number.as_tuple().exponent
-    assert isinstance(exponent, int)  # noqa: S101 - finite numbers have an int exponent
-    if max_decimals is not None and -exponent > max_decimals:
+    _, _, fraction = text.partition(".")
+    if max_decimals is not None and len(fraction.rstrip("0")) > max_decimals:
         raise InvalidInput(f"{value!r} has more than {max_decimals} decimal places", path=path)
     return number
 

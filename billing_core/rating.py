@@ -82,6 +82,8 @@ def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]
     """
     scale = 10 ** minor_unit_exponent(amount.currency)
     units = int(amount.amount * scale)
+    if units != amount.amount * scale:
+        raise ValueError(f"{amount} is not rounded to the minor unit; round before sharing")
     keys = sorted(weights)
     total_weight = sum((weights[k] for k in keys), ZERO)
     if not keys:

@@ -360,3 +360,8 @@ def test_subscription_line_charges_the_monthly_fee_rounded(fee: str, expected: s
     assert line.kind == "subscription"
     assert line.category == "Subscription: Pro"
     assert line.amount.to_str() == expected
+
+
+def test_sharing_an_unrounded_amount_is_refused_rather_than_losing_a_fraction() -> None:
+    with pytest.raises(ValueError, match="not rounded"):
+        share_out(Money(Decimal("0.105"), "EUR"), {"a": Decimal(1), "b": Decimal(1)})
