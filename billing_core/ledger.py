@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from billing_core.db import tables as t
 from billing_core.errors import InvalidInput
 from billing_core.loader import PAYMENT_METHODS, QUANTITY_DECIMALS
-from billing_core.money import minor_unit_exponent, parse_decimal
+from billing_core.money import FloatLiteral, minor_unit_exponent, parse_decimal
 from billing_core.periods import local_date, zone
 from billing_core.validate import Obj
 
@@ -136,17 +136,11 @@ def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, object | InvalidInpu
         if not raw.strip():
             continue
         try:
-            yield number, json.loads(raw, parse_float=_refuse_float)
-        except InvalidInput as exc:
-            yield number, exc
+            yield number, json.loads(raw, parse_float=FloatLiteral)
         except json.JSONDecodeError as exc:
             yield number, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})")
         except ValueError as exc:  # e.g. a number too long to convert
             yield number, InvalidInput(f"not valid JSON ({exc})")
-
-
-def _refuse_float(text: str) -> object:
-    raise InvalidInput(f'the number {text} must be a decimal string such as "{text}"')
 
 
 @dataclass(frozen=True)

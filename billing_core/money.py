@@ -44,6 +44,22 @@ def round_to_minor_unit(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(Decimal(1).scaleb(-minor_unit_exponent(currency)), ROUND_HALF_UP)
 
 
+class FloatLiteral:
+    """A JSON number with a fraction or exponent, kept as written so it can be refused.
+
+    Parse JSON with ``json.loads(text, parse_float=FloatLiteral)``: the value then reaches the
+    validation that knows its path, instead of becoming a binary float.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def parse_decimal(
     value: object,
     *,
@@ -52,6 +68,10 @@ def parse_decimal(
     allow_negative: bool = False,
 ) -> Decimal:
     """Parse a decimal string (never a float) into a finite Decimal, or refuse it."""
+    if isinstance(value, FloatLiteral | float):
+        raise InvalidInput(
+            f'the number {value!r} must be written as a decimal string ("{value!r}")', path=path
+        )
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidInput(
             f'expected a decimal string such as "12.30", got {type(value).__name__}', path=path

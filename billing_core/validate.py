@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing_core.errors import InvalidInput
-from billing_core.money import parse_decimal
+from billing_core.money import FloatLiteral, parse_decimal
 from billing_core.periods import parse_timestamp
 
 
@@ -111,7 +111,7 @@ def _kind(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, float):
+    if isinstance(value, float | FloatLiteral):
         return f"the number {value!r} (write decimals as strings)"
     if isinstance(value, int | str):
         return repr(value)

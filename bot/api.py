@@ -21,8 +21,10 @@ from starlette.routing import BaseRoute, Route
 from billing_core.errors import BillingError, NotFound
 from billing_core.export import to_csv
 from billing_core.ledger import ImportReport
+from billing_core.money import FloatLiteral
 from billing_core.services import BillingService
 from billing_core.settings import Settings
+from bot import openapi
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +75,15 @@ async def _items(request: Request) -> list[object] | Response:
         if len(body) > MAX_BODY:
             return problem(413, f"the body is larger than {MAX_BODY} bytes")
     try:
-        value = json.loads(body, parse_float=_no_float)
-    except _FloatRefused as exc:
-        return problem(422, str(exc))
+        # Floats stay as written: the item holding one is refused by index, not the batch.
+        value = json.loads(body, parse_float=FloatLiteral)
     except ValueError:
         return problem(400, "the body is not valid JSON")
     if not isinstance(value, list):
         return problem(422, "expected a JSON list of items")
     if len(value) > MAX_ITEMS:
-        return problem(413, f"at most {MAX_ITEMS} items per request, got {len(value)}")
+        return problem(422, f"at most {MAX_ITEMS} items per request, got {len(value)}")
     return value
-
-
-class _FloatRefused(ValueError):
-    pass
-
-
-def _no_float(text: str) -> object:
-    raise _FloatRefused(f'the number {text} must be a decimal string such as "{text}"')
 
 
 def _report(report: ImportReport) -> JSONResponse:
@@ -145,7 +138,11 @@ def api_routes(settings: Settings, service: BillingService) -> list[BaseRoute]:
             return PlainTextResponse(to_csv(documents), media_type="text/csv; charset=utf-8")
         return JSONResponse(documents)
 
+    async def get_openapi(request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
     return [
+        Route("/api/v1/openapi.json", get_openapi, methods=["GET"]),
         Route("/api/v1/usage", protected(settings, post_usage), methods=["POST"]),
         Route("/api/v1/payments", protected(settings, post_payments), methods=["POST"]),
         Route("/api/v1/invoices", protected(settings, get_invoices), methods=["GET"]),

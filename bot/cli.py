@@ -18,6 +18,7 @@ from billing_core.db.engine import Database
 from billing_core.db.migrate import upgrade
 from billing_core.errors import BillingError
 from billing_core.export import to_csv
+from billing_core.money import FloatLiteral
 from billing_core.periods import parse_timestamp
 from billing_core.services import BillingService
 from billing_core.settings import Settings, mask_url
@@ -65,7 +66,7 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     with _open(args.file) as handle:
         try:
-            document = json.load(handle, parse_float=_no_float)
+            document = json.load(handle, parse_float=FloatLiteral)
         except json.JSONDecodeError as exc:
             raise CommandError(
                 f"{args.file}: not valid JSON ({exc.msg}, line {exc.lineno})"
@@ -73,10 +74,6 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     summary = _service(settings).load(document, at=datetime.now(UTC))
     print(f"loaded {args.file}: {summary.describe()}")
     return 0
-
-
-def _no_float(text: str) -> object:
-    raise CommandError(f'the number {text} must be written as a decimal string ("{text}")')
 
 
 def _report(report: object, noun: str, stream: TextIO = sys.stderr) -> int:
