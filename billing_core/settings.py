@@ -18,6 +18,7 @@ SECRETS = frozenset(
         "slack_app_token",
         "slack_client_secret",
         "billing_api_token",
+        "stripe_webhook_secret",
     }
 )
 
@@ -50,6 +51,9 @@ class Settings:
     audit_channel: str | None = None
     default_locale: str = "en_US"
     payment_url: str | None = None
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    seller_name: str = "billing-bot"
+    seller_address: str | None = None
 
     def __repr__(self) -> str:
         shown = []
