@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_currency, format_decimal, format_percent
 
 from billing_core.money import Money, minor_unit_exponent
 from billing_core.periods import Period
@@ -72,3 +72,13 @@ def period(value: Period, locale: Locale) -> str:
 
     last = (value.end - timedelta(microseconds=1)).date()
     return f"{day(value.start.date(), locale)} – {day(last, locale)}"
+
+
+def minus(value: Money, locale: Locale) -> str:
+    """A reduction (discount, credit), shown with a minus sign; the domain stores it positive."""
+    return money(-value, locale) if not value.is_zero() else money(value, locale)
+
+
+def rate(value: Decimal, locale: Locale) -> str:
+    """A tax rate such as 0.19 as a percentage in the locale: 19 %, 19%."""
+    return format_percent(value, locale=locale, decimal_quantization=False)

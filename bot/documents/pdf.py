@@ -14,7 +14,7 @@ from billing_core.money import Money, total
 from billing_core.rating import Line
 from bot import format as fmt
 from bot.documents import BOLD_FONT, LAST_RESORT_FONT, REGULAR_FONT, fold_to_font, uncovered
-from bot.views.money import minus, rate
+from bot.format import minus, rate
 
 _FAMILY = "DejaVu"
 _FALLBACK = "LastResort"
