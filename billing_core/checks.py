@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from billing_core.db import tables as t
 from billing_core.export import checksum, invoice_document
-from billing_core.issuing import group_context, rate_period
+from billing_core.issuing import claimed_by, group_context, rate_period
 from billing_core.money import round_to_minor_unit
 from billing_core.periods import Period
 
@@ -92,7 +92,11 @@ def _usage(session: Session) -> Iterator[str]:
         ctx = group_context(session, group)
         period = Period(close.period_start, close.period_end)
         lines = rate_period(
-            session, ctx, period, new=t.UsageEvent.close_id == close.id, billed_before=close.id
+            session,
+            ctx,
+            period,
+            new=claimed_by(close.billing_group_id, close.id),
+            billed_before=close.id,
         )
         expected = [
             (

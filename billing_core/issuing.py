@@ -127,6 +127,11 @@ def _named(session: Session, quantities: dict[int, Decimal]) -> dict[str, Decima
     return {keys[pid]: q for pid, q in quantities.items()}
 
 
+def claimed_by(group_id: int, close_id: int) -> ColumnElement[bool]:
+    """The events a close claimed; the group keeps the (group, close, ts) index in use."""
+    return and_(t.UsageEvent.billing_group_id == group_id, t.UsageEvent.close_id == close_id)
+
+
 def _period_range(ctx: GroupContext, period: Period) -> ColumnElement[bool]:
     """Events of ``period``; the first period also holds anything stamped before it began."""
     before_end = t.UsageEvent.ts < period.end
@@ -318,7 +323,7 @@ def close_period(
         .values(close_id=close_id)
     )
     lines = rate_period(
-        session, ctx, period, new=t.UsageEvent.close_id == close_id, billed_before=close_id
+        session, ctx, period, new=claimed_by(group_id, close_id), billed_before=close_id
     )
     if not any(line.amount.amount > 0 for line in lines):
         return Closed(group_id, period, None)
