@@ -23,6 +23,7 @@ from billing_core.money import (
     MAX_UNIT_PRICE_DECIMALS,
     check_currency,
     minor_unit_exponent,
+    parse_decimal,
 )
 from billing_core.periods import zone
 from billing_core.validate import Obj
@@ -75,6 +76,7 @@ def load_document(session: Session, document: object, *, at: datetime) -> LoadSu
     for path, item in top.items("organizations"):
         loader.organization(item, path)
     session.flush()
+    loader.check_groups_match_catalogue()
     return loader.summary
 
 
@@ -84,6 +86,7 @@ class _Loader:
         self.at = at
         self.summary = LoadSummary()
         self.seen: dict[str, set[str]] = {}
+        self.paths: dict[tuple[str, str], str] = {}  # (kind, key) -> path in the document
 
     def _unique(self, scope: str, key: str, path: str) -> None:
         keys = self.seen.setdefault(scope, set())
@@ -94,6 +97,34 @@ class _Loader:
     def _row(self, model: type[Any], **where: Any) -> Any:  # a mapped row or None
         return self.s.scalars(select(model).filter_by(**where)).one_or_none()
 
+    def check_groups_match_catalogue(self) -> None:
+        """Refuse a price list or plan change that leaves a group this file did not list
+        billed in another currency than its price list's, or on another list than its plan's."""
+        group = t.BillingGroup
+        list_key = self.s.scalar(
+            select(t.PriceList.key)
+            .join(group, group.price_list_id == t.PriceList.id)
+            .where(group.currency != t.PriceList.currency)
+            .limit(1)
+        )
+        if list_key is not None:
+            raise InvalidInput(
+                "cannot change the currency: billing groups not in this file use this list",
+                path=self.paths.get(("price_list", list_key), "price_lists"),
+            )
+        plan_key = self.s.scalar(
+            select(t.Plan.key)
+            .join(group, group.plan_id == t.Plan.id)
+            .where(group.price_list_id != t.Plan.price_list_id)
+            .limit(1)
+        )
+        if plan_key is not None:
+            raise InvalidInput(
+                "cannot move the plan to another price list: groups not in this file "
+                "subscribe to it on this one",
+                path=self.paths.get(("plan", plan_key), "plans"),
+            )
+
     # -- catalogue ------------------------------------------------------------------------
 
     def price_list(self, item: object, path: str) -> None:
@@ -101,6 +132,7 @@ class _Loader:
         key = o.key("key")
         self._unique("price_list", key, o.at("key"))
         currency = check_currency(o.data["currency"], path=o.at("currency"))
+        self.paths["price_list", key] = o.at("currency")
         row = self._row(t.PriceList, key=key)
         if row is not None and row.currency != currency:
             used = self.s.scalar(
@@ -154,6 +186,7 @@ class _Loader:
         price_list = self._row(t.PriceList, key=o.text("price_list"))
         if price_list is None:
             raise InvalidInput("no such price list", path=o.at("price_list"))
+        self.paths["plan", key] = o.at("price_list")
         fee = o.decimal("monthly_fee", max_decimals=minor_unit_exponent(price_list.currency))
         included_raw = o.data.get("included") or {}
         if not isinstance(included_raw, dict):
@@ -164,8 +197,7 @@ class _Loader:
             ipath = f"{o.at('included')}.{metric}"
             if metric not in priced:
                 raise InvalidInput("metric is not in the plan's price list", path=ipath)
-            wrapper = Obj({"q": qty}, ipath, allowed={"q"}, required={"q"})
-            included[metric] = str(wrapper.decimal("q", max_decimals=QUANTITY_DECIMALS))
+            included[metric] = str(parse_decimal(qty, path=ipath, max_decimals=QUANTITY_DECIMALS))
         row = self._row(t.Plan, key=key)
         self.summary.count("plans", row is None)
         if row is None:
@@ -406,7 +438,21 @@ class _Loader:
         row.plan_id = plan.id if plan else None
         row.subscription_start = sub_start
         self.s.flush()
-        contacts = []
+        if "contacts" in o.data:
+            self.contacts(row, o)
+        return row
+
+    def contacts(self, group: t.BillingGroup, o: Obj) -> None:
+        """Make the group's contacts the listed ones, keeping the rows of those that stay.
+
+        Matching by Slack identity keeps a contact's row (and id) across reloads, so loading an
+        unchanged file changes nothing.
+        """
+        existing = {
+            (c.slack_user_id, c.slack_channel_id): c
+            for c in self.s.scalars(select(t.Contact).filter_by(billing_group_id=group.id))
+        }
+        listed: set[tuple[str | None, str | None]] = set()
         for cpath, c in o.items("contacts"):
             co = Obj(
                 c, cpath, allowed={"slack_user_id", "slack_channel_id", "email"}, required=set()
@@ -419,19 +465,20 @@ class _Loader:
                 raise InvalidInput(
                     "give exactly one of slack_user_id and slack_channel_id", path=cpath
                 )
-            contacts.append(
-                t.Contact(
-                    billing_group_id=row.id,
-                    slack_user_id=user,
-                    slack_channel_id=channel,
-                    email=co.opt_text("email"),
+            if (user, channel) in listed:
+                which = "slack_user_id" if user is not None else "slack_channel_id"
+                raise InvalidInput(f"{user or channel!r} appears twice", path=co.at(which))
+            listed.add((user, channel))
+            row = existing.get((user, channel))
+            if row is None:
+                row = t.Contact(
+                    billing_group_id=group.id, slack_user_id=user, slack_channel_id=channel
                 )
-            )
-        if "contacts" in o.data:
-            for old in self.s.scalars(select(t.Contact).filter_by(billing_group_id=row.id)):
+                self.s.add(row)
+            row.email = co.opt_text("email")
+        for identity, old in existing.items():
+            if identity not in listed:
                 self.s.delete(old)
-            self.s.add_all(contacts)
-        return row
 
     def unit(
         self, org: t.Organization, item: object, path: str, units: dict[str, t.Unit]
@@ -505,9 +552,20 @@ class _Loader:
                 )
             )
         elif row.billing_group_id != group.id:
-            from billing_core.ledger import reassign_project  # noqa: PLC0415 - cycle
+            from billing_core.ledger import audit, reassign_project  # noqa: PLC0415 - cycle
 
+            before = self.s.get_one(t.BillingGroup, row.billing_group_id).key
             reassign_project(self.s, project=row, group=group, at=self.at, actor="load")
+            audit(
+                self.s,
+                at=self.at,
+                organization_id=org.id,
+                actor="load",
+                action="project.assign",
+                subject=f"{org.key}/{key}",
+                before={"billing_group": before},
+                after={"billing_group": group.key},
+            )
             self.summary.reassigned.append(f"{org.key}/{key}")
         row.name = o.text("name")
         row.unit_id = unit.id if unit else None
@@ -532,7 +590,9 @@ class _Loader:
         expires_at = o.opt_timestamp("expires_at")
         reason = o.opt_text("reason")
         if o.has("key"):
-            grant_key = "key:" + o.key("key")
+            key = o.key("key")
+            self._unique(f"credit:{group.organization_id}:{group.key}", key, o.at("key"))
+            grant_key = "key:" + key
         else:
             digest = hashlib.sha256(
                 json.dumps([group.key, str(amount), o.data.get("expires_at"), reason]).encode()
