@@ -52,9 +52,13 @@ def next_in_sequence(session: Session, name: str, year: int) -> int:
 
 
 def lock_group(session: Session, group_id: int) -> t.BillingGroup:
-    """The group row, locked against other billing writes until the transaction ends."""
+    """The group row, locked against other billing writes until the transaction ends.
+
+    FOR NO KEY UPDATE: it serializes billing writes of the group without blocking the
+    foreign-key checks of rows that merely point at it (usage events being imported).
+    """
     return session.scalars(
-        select(t.BillingGroup).where(t.BillingGroup.id == group_id).with_for_update()
+        select(t.BillingGroup).where(t.BillingGroup.id == group_id).with_for_update(key_share=True)
     ).one()
 
 

@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing_core import issuing, ledger, queries
@@ -107,8 +108,14 @@ class BillingService:
                     report.duplicates += 1
                     continue
                 seen.add(payment.reference)
-                with self.db.transaction() as session:
-                    receipt = ledger.record_payment(session, payment, at=at)
+                try:
+                    with self.db.transaction() as session:
+                        receipt = ledger.record_payment(session, payment, at=at)
+                except IntegrityError:
+                    # Another import recorded the same reference at the same moment.
+                    if not self._payment_exists(payment.reference):
+                        raise
+                    receipt = None
             except InvalidInput as exc:
                 report.rejected.append((number, str(exc)))
                 continue
@@ -119,8 +126,18 @@ class BillingService:
                 report.receipts.append(receipt)
         return report
 
+    def _payment_exists(self, reference: str) -> bool:
+        with self.db.transaction() as session:
+            found = session.scalar(select(t.Payment.id).where(t.Payment.reference == reference))
+        return found is not None
+
     def run_billing(self, *, at: datetime) -> RunReport:
-        """Issue every invoice whose period ended at or before ``at``; safe to repeat."""
+        """Issue every invoice whose period ended at or before ``at``; safe to repeat.
+
+        Periods close in a fixed order (period end, then group), so numbers are deterministic
+        and a run that died continues exactly where a clean run would have gone. Overlapping
+        runs wait for each other group by group; the scheduler runs one at a time anyway.
+        """
         require_aware(at)
         report = RunReport()
         with self.db.transaction() as session:
