@@ -208,4 +208,8 @@ def run_demo(settings: Settings, *, now: datetime) -> int:
     assert locale is not None  # noqa: S101
     print()
     print(render_summary(service, actor, now=now, locale=locale))
+    print()
+    print("Ask it yourself (type `help`, `invoices`, `assign lab eng`, then `confirm`):")
+    print(f"  billing-bot console --team {TEAM} --user {ADMIN}")
+    service.db.dispose()
     return 0

@@ -1,61 +1,95 @@
-"""Plain-text renderings for the terminal (the demo and the console)."""
+"""Block Kit as readable plain text: what the console and the demo print.
+
+It reads the same block dictionaries Slack receives, so the console shows exactly what a Slack
+user would see, minus the styling.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from babel import Locale
 
-from billing_core.model import Actor, Balance, InvoiceView, Owed
+from billing_core.model import Actor
 from billing_core.services import BillingService
-from bot import format as fmt
+from bot import views
+from bot.views import Reply
+
+EMOJI = {":white_check_mark:": "✓", ":no_entry_sign:": "✗", ":warning:": "!"}
+_MENTION = re.compile(r"<([@#!])([^>|]+)(?:\|([^>]*))?>")
+_LINK = re.compile(r"<(https?://[^>|]+)(?:\|([^>]*))?>")
+_BOLD = re.compile(r"\*([^*\n]+)\*")
+_ITALIC = re.compile(r"(?<!\w)_([^_\n]+)_(?!\w)")
 
 
-def balance_text(balances: list[Balance], locale: Locale) -> str:
-    out = []
-    for b in balances:
-        out.append(f"{b.group.name} ({b.group.key}), {fmt.period(b.period, locale)} so far")
-        for line in b.lines:
-            label = line.category if line.metric is None else f"{line.category} · {line.metric}"
-            out.append(f"  {label:<40} {fmt.money(line.amount, locale):>16}")
-        t = b.totals
-        out.append(f"  {'Subtotal':<40} {fmt.money(t.subtotal, locale):>16}")
-        if not t.discount.is_zero():
-            codes = ", ".join(b.coupon_codes)
-            out.append(f"  {'Discount ' + codes:<40} {fmt.money(-t.discount, locale):>16}")
-        out.append(f"  {'Tax':<40} {fmt.money(t.tax, locale):>16}")
-        if not t.credits_applied.is_zero():
-            out.append(f"  {'Credits':<40} {fmt.money(-t.credits_applied, locale):>16}")
-        out.append(f"  {'Due if invoiced now':<40} {fmt.money(t.amount_due, locale):>16}")
-    return "\n".join(out)
+def mrkdwn_to_text(text: str) -> str:
+    """Slack mrkdwn as plain text: links spelled out, mentions as @id, no bold markers."""
+    text = _LINK.sub(lambda m: f"{m[2]} ({m[1]})" if m[2] else m[1], text)
+    text = _MENTION.sub(lambda m: f"{m[1] if m[1] != '!' else '@'}{m[3] or m[2]}", text)
+    text = _BOLD.sub(r"\1", text)
+    text = _ITALIC.sub(r"\1", text)
+    for code, sign in EMOJI.items():
+        text = text.replace(code, sign)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def owed_text(owed: list[Owed], locale: Locale) -> str:
-    out = []
-    for o in owed:
-        line = f"{o.group.name} ({o.group.key}): {fmt.money(o.outstanding, locale)} unpaid"
-        if o.overdue:
-            line += f", overdue: {', '.join(o.overdue)}"
-        out.append(line)
-    return "\n".join(out)
+def _text(obj: Mapping[str, Any] | None) -> str:
+    if not obj:
+        return ""
+    text = str(obj.get("text", ""))
+    return mrkdwn_to_text(text) if obj.get("type") == "mrkdwn" else text
 
 
-def invoices_text(invoices: list[InvoiceView], locale: Locale) -> str:
-    out = []
-    for i in invoices:
-        total = fmt.money(i.totals.total, locale)
-        due = fmt.day(i.due_date, locale)
-        out.append(
-            f"{i.number}  {fmt.period(i.period, locale):<30} {total:>14}  {i.status:<5} due {due}"
-        )
-    return "\n".join(out) or "No invoices yet."
+def button_label(element: Mapping[str, Any]) -> str:
+    """``[confirm]`` for a button you answer by typing ``confirm``; links show their URL."""
+    label = _text(element.get("text"))
+    if element.get("url"):
+        return f"[{label}: {element['url']}]"
+    return f"[{label.lower()}]"
+
+
+def render_blocks(blocks: Iterable[Mapping[str, Any]]) -> str:
+    out: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "header":
+            title = _text(block.get("text"))
+            out += [title, "=" * len(title)]
+        elif kind == "section":
+            if block.get("text"):
+                out.append(_text(block["text"]))
+            out += [_text(f) for f in block.get("fields", [])]
+            accessory = block.get("accessory")
+            if accessory and accessory.get("type") == "button":
+                out.append(button_label(accessory))
+        elif kind == "context":
+            out.append(" ".join(_text(e) for e in block.get("elements", []) if "text" in e))
+        elif kind == "divider":
+            out.append("")
+        elif kind == "actions":
+            out.append(
+                " ".join(
+                    button_label(e) for e in block.get("elements", []) if e.get("type") == "button"
+                )
+            )
+    return "\n".join(out).strip()
+
+
+def render(reply: Reply) -> str:
+    """A reply as the console prints it: its blocks, or its text when it has none."""
+    if not reply.blocks:
+        return mrkdwn_to_text(reply.text)
+    return render_blocks(b.to_dict() for b in reply.blocks)
 
 
 def render_summary(service: BillingService, actor: Actor, *, now: datetime, locale: Locale) -> str:
-    return "\n\n".join(
-        [
-            "/billing balance\n" + balance_text(service.balance(actor, at=now), locale),
-            "/billing owed\n" + owed_text(service.owed(actor, at=now), locale),
-            "/billing invoices\n" + invoices_text(service.invoices(actor), locale),
-        ]
-    )
+    """Balance, owed and invoices of ``actor``'s organization, as ``/billing`` would answer."""
+    replies = [
+        ("balance", views.balance_reply(service.balance(actor, at=now), locale)),
+        ("owed", views.owed_reply(service.owed(actor, at=now), locale)),
+        ("invoices", views.invoices_reply(service.invoices(actor), locale)),
+    ]
+    return "\n\n".join(f"/billing {name}\n{render(reply)}" for name, reply in replies)

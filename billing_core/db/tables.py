@@ -338,3 +338,37 @@ class AuditEntry(Base):
     subject: Mapped[str] = mapped_column(String(200))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class OutboxMessage(Base):
+    """One Slack message owed to one recipient: (invoice, step, recipient) is delivered once.
+
+    ``step`` is ``issued`` (the invoice notice), ``due-3``/``due+0``/... (a reminder at that
+    offset from the due date) or ``alert:<step>:<recipient>`` (a give-up report to the audit
+    channel). ``recipient`` is ``user:U…`` or ``channel:C…``: the contact's Slack identity, so a
+    contact removed and added again is still the same recipient.
+    """
+
+    __tablename__ = "notification_outbox"
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "step", "recipient", name="uq_notification_outbox_delivery"),
+        CheckConstraint(
+            "state IN ('pending', 'sending', 'sent', 'skipped', 'failed')", name="state"
+        ),
+        Index("ix_notification_outbox_state_next", "state", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    step: Mapped[str] = mapped_column(String(80))
+    recipient: Mapped[str] = mapped_column(String(48))
+    state: Mapped[str] = mapped_column(String(8))
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(String(200))  # why skipped, or how resolved
+    slack_channel: Mapped[str | None] = mapped_column(String(32))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,271 @@
+"""Commands and button clicks answered the same way on every surface (Slack or the console).
+
+Each answer is: parse -> who is asking (service.actor) -> one service call -> a view. The one
+error path lives here too: a BillingError becomes a friendly refusal, anything else is logged
+with a reference id and answered with an apology. Callers never see an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from babel import Locale
+
+from billing_core.db import tables as t
+from billing_core.errors import BillingError, Conflict, InvalidInput, NotAllowed, NotFound
+from billing_core.model import Actor
+from billing_core.services import BillingService, Change
+from bot import commands as c
+from bot import views
+from bot.format import parse_locale
+from bot.views.admin import CANCEL_ACTION, CONFIRM_ACTION
+
+log = logging.getLogger("billing_bot.handlers")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Asker:
+    """Who sent a request, as the surface knows them (Slack: from users.info)."""
+
+    team_id: str
+    user_id: str
+    is_guest: bool = False
+    locale: Locale | None = None  # the user's own locale, when the surface knows it
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    reply: views.Reply
+    change: Change | None = None  # set when an admin change was made (for the audit channel)
+
+
+@dataclass(frozen=True, slots=True)
+class AssignAsk:
+    """What an assign question asked; carried by its buttons so a click can be checked."""
+
+    project: str
+    current: str
+    target: str
+    user: str
+    asked_at: datetime
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "p": self.project,
+                "from": self.current,
+                "to": self.target,
+                "u": self.user,
+                "at": self.asked_at.isoformat(),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, value: str) -> AssignAsk:
+        try:
+            data = json.loads(value)
+            return cls(
+                project=str(data["p"]),
+                current=str(data["from"]),
+                target=str(data["to"]),
+                user=str(data["u"]),
+                asked_at=datetime.fromisoformat(str(data["at"])),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise InvalidInput(
+                "That button does not carry a question I asked; nothing was changed."
+            ) from None
+
+
+class Handlers:
+    """The command surface of SPEC 6, independent of how the request arrived."""
+
+    def __init__(
+        self,
+        service: BillingService,
+        *,
+        command: str = "/billing",
+        payment_url: str | None = None,
+        default_locale: str = "en_US",
+        clock: Clock | None = None,
+        confirm_within: timedelta = timedelta(minutes=15),
+        org_locale_ttl: float = 600.0,
+    ) -> None:
+        self.service = service
+        self.command_name = command
+        self.payment_url = payment_url
+        self.default_locale = parse_locale(default_locale) or Locale.parse("en_US")
+        self.clock = clock or utc_now
+        self.confirm_within = confirm_within
+        self._org_locales: dict[int, tuple[float, Locale | None]] = {}
+        self._org_locale_ttl = org_locale_ttl
+        self._lock = threading.Lock()
+
+    # -- entry points: never raise -------------------------------------------------------
+
+    def command(self, asker: Asker, text: str) -> Outcome:
+        """Answer ``/billing <text>``."""
+        return self._guarded(asker, text, lambda: self._command(asker, text))
+
+    def button(self, asker: Asker, action_id: str, value: str) -> Outcome:
+        """Answer a click on Confirm or Cancel of an assign question."""
+        return self._guarded(asker, action_id, lambda: self._button(asker, action_id, value))
+
+    def home(self, asker: Asker) -> views.Reply:
+        """The App Home tab of ``asker``."""
+        return self._guarded(asker, "home", lambda: self._home(asker)).reply
+
+    # -- the one error path --------------------------------------------------------------
+
+    def _guarded(self, asker: Asker, what: str, work: Callable[[], Outcome]) -> Outcome:
+        try:
+            return work()
+        except BillingError as exc:
+            return Outcome(views.refusal(exc))
+        except Exception:
+            reference = uuid.uuid4().hex[:10]
+            log.exception(
+                "request failed (reference %s, team %s, user %s, request %r)",
+                reference,
+                asker.team_id,
+                asker.user_id,
+                what[:200],
+            )
+            return Outcome(views.apology(reference))
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _command(self, asker: Asker, text: str) -> Outcome:
+        command = c.parse(text, command=self.command_name)
+        if isinstance(command, c.Help):
+            return Outcome(views.help_reply(self.command_name))
+        actor = self._actor(asker)
+        locale = self.locale_for(asker, actor)
+        now = self.clock()
+        s = self.service
+        match command:
+            case c.Balance(group=group):
+                return Outcome(
+                    views.balance_reply(s.balance(actor, group_key=group, at=now), locale)
+                )
+            case c.Owed(group=group):
+                return Outcome(views.owed_reply(s.owed(actor, group_key=group, at=now), locale))
+            case c.Invoices(group=group):
+                return Outcome(views.invoices_reply(s.invoices(actor, group_key=group), locale))
+            case c.Invoice(number=number):
+                invoice = s.invoice(actor, number=number)
+                return Outcome(views.invoice_reply(invoice, locale, payment_url=self.payment_url))
+            case c.Payments(group=group):
+                return Outcome(views.payments_reply(s.payments(actor, group_key=group), locale))
+            case c.Credits(group=group):
+                credits = s.credits(actor, group_key=group, at=now)
+                return Outcome(views.credits_reply(credits, locale))
+            case c.Groups():
+                return Outcome(views.groups_reply(s.groups(actor)))
+            case c.Redeem(code=code, group=group):
+                change = s.redeem_coupon(actor, code=code, group_key=group, at=now)
+                return Outcome(views.change_done(change), change)
+            case c.Assign(project=project, group=group):
+                return self._ask_assign(actor, project, group, now)
+        raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
+
+    def _ask_assign(self, actor: Actor, project: str, group: str, now: datetime) -> Outcome:
+        # Refuse a member before asking: a Confirm button they could never use helps nobody.
+        require_admin(actor)
+        current = self.service.project_group(actor, project)
+        keys = [g.group.key for g in self.service.groups(actor)]
+        target = next((k for k in keys if k.casefold() == group.casefold()), None)
+        if target is None:
+            raise NotFound(
+                f"There is no billing group `{group}`.", hint=f"Groups: {', '.join(keys)}."
+            )
+        if target == current:
+            raise InvalidInput(f"Project `{project}` is already in `{current}`; nothing to do.")
+        ask = AssignAsk(project, current, target, actor.user_id, now)
+        return Outcome(
+            views.assign_question(
+                project=project, current=current, target=target, value=ask.encode()
+            )
+        )
+
+    # -- buttons -------------------------------------------------------------------------
+
+    def _button(self, asker: Asker, action_id: str, value: str) -> Outcome:
+        ask = AssignAsk.decode(value)
+        if action_id == CANCEL_ACTION:
+            return Outcome(views.assign_cancelled(project=ask.project, current=ask.current))
+        if action_id != CONFIRM_ACTION:
+            raise InvalidInput("That button is not one of mine; nothing was changed.")
+        # Rights are checked again at the click: the asker may have lost them since.
+        actor = self._actor(asker)
+        if ask.user != actor.user_id:
+            raise NotAllowed("This question was asked of someone else; nothing was changed.")
+        now = self.clock()
+        if now - ask.asked_at > self.confirm_within:
+            raise Conflict(
+                "This confirmation has expired; nothing was changed.",
+                hint=f"Run `{self.command_name} assign {ask.project} {ask.target}` again.",
+            )
+        change = self.service.assign_project(
+            actor,
+            project_key=ask.project,
+            group_key=ask.target,
+            at=now,
+            expected_group=ask.current,
+        )
+        return Outcome(views.change_done(change), change)
+
+    # -- home ----------------------------------------------------------------------------
+
+    def _home(self, asker: Asker) -> Outcome:
+        actor = self._actor(asker)
+        locale = self.locale_for(asker, actor)
+        now = self.clock()
+        balances = self.service.balance(actor, at=now)
+        owed = self.service.owed(actor, at=now)
+        return Outcome(views.home_reply(balances, owed, locale, now=now, command=self.command_name))
+
+    # -- people and locales --------------------------------------------------------------
+
+    def _actor(self, asker: Asker) -> Actor:
+        return self.service.actor(
+            team_id=asker.team_id, user_id=asker.user_id, is_guest=asker.is_guest
+        )
+
+    def locale_for(self, asker: Asker, actor: Actor) -> Locale:
+        """The user's Slack locale, else the organization's, else DEFAULT_LOCALE."""
+        return asker.locale or self._org_locale(actor.organization_id) or self.default_locale
+
+    def _org_locale(self, organization_id: int) -> Locale | None:
+        with self._lock:
+            cached = self._org_locales.get(organization_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        # A presentation-only read: billing_core has no use case for it (see the issue note).
+        with self.service.db.transaction() as session:
+            org = session.get(t.Organization, organization_id)
+            locale = parse_locale(org.locale if org is not None else None)
+        with self._lock:
+            self._org_locales[organization_id] = (time.monotonic() + self._org_locale_ttl, locale)
+        return locale
+
+
+def require_admin(actor: Actor) -> None:
+    """The refusal BillingService gives a member who tries an admin change."""
+    if not actor.is_admin:
+        contact = ", ".join(f"<@{a}>" for a in actor.admins) or "an operator"
+        raise NotAllowed("Only organization admins can change billing.", hint=f"Ask {contact}.")
