@@ -254,13 +254,13 @@ def coupon_from_row(row: t.CouponRow) -> Coupon:
 
 def available_credits(session: Session, group_id: int, currency: str) -> list[AvailableCredit]:
     rows = session.scalars(
-        select(t.Credit)
-        .where(t.Credit.billing_group_id == group_id, t.Credit.remaining > 0)
-        .order_by(t.Credit.id)
+        select(t.Credit).where(t.Credit.billing_group_id == group_id).order_by(t.Credit.id)
     ).all()
+    # Filtered here, not in SQL: SQLite stores decimals as text, where '0.00' > 0 is true.
     return [
         AvailableCredit(c.id, Money(c.remaining, currency), c.expires_at, c.granted_at)
         for c in rows
+        if c.remaining > 0
     ]
 
 

@@ -277,6 +277,7 @@ class Actor:
     user_id: str
     role: Role
     admins: tuple[str, ...] = field(default=())
+    locale: str | None = None  # the organization's, for readers whose Slack gives none
 
     @property
     def is_admin(self) -> bool:

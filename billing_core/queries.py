@@ -184,7 +184,7 @@ def credits_of(session: Session, groups: list[t.BillingGroup], at: datetime) -> 
     by_id = {g.id: g for g in groups}
     rows = session.scalars(
         select(t.Credit)
-        .where(t.Credit.billing_group_id.in_(by_id), t.Credit.remaining > 0)
+        .where(t.Credit.billing_group_id.in_(by_id))
         .order_by(t.Credit.billing_group_id, t.Credit.id)
     ).all()
     return [
@@ -195,8 +195,9 @@ def credits_of(session: Session, groups: list[t.BillingGroup], at: datetime) -> 
             expires_at=c.expires_at,
             reason=c.reason,
         )
+        # Spent credits are filtered here, not in SQL: SQLite compares stored decimal text.
         for c in rows
-        if c.expires_at is None or c.expires_at > at
+        if c.remaining > 0 and (c.expires_at is None or c.expires_at > at)
     ]
 
 

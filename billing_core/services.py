@@ -218,17 +218,20 @@ class BillingService:
             ).one_or_none()
         if member is not None:
             if member.role == "admin":
-                return Actor(org.id, org.key, user_id, "admin", admins)
-            return Actor(org.id, org.key, user_id, "member", admins)
+                return Actor(org.id, org.key, user_id, "admin", admins, org.locale)
+            return Actor(org.id, org.key, user_id, "member", admins, org.locale)
         if org.open_read_access and not is_guest:
-            return Actor(org.id, org.key, user_id, "reader", admins)
-        who = "Guests" if is_guest else "Only members of the organization"
-        contact = ", ".join(f"<@{a}>" for a in admins) or "an operator"
-        raise NotAllowed(
-            f"{who} cannot see {org.name}'s billing.", hint=f"Ask {contact} for access."
+            return Actor(org.id, org.key, user_id, "reader", admins, org.locale)
+        refusal = (
+            f"Guests cannot see {org.name}'s billing."
+            if is_guest
+            else f"Only members of {org.name} can see its billing."
         )
+        contact = ", ".join(f"<@{a}>" for a in admins) or "an operator"
+        raise NotAllowed(refusal, hint=f"Ask {contact} for access.")
 
-    def _admin(self, actor: Actor) -> None:
+    def require_admin(self, actor: Actor) -> None:
+        """Refuse anyone but an organization admin (before asking them to confirm anything)."""
         if not actor.is_admin:
             contact = ", ".join(f"<@{a}>" for a in actor.admins) or "an operator"
             raise NotAllowed("Only organization admins can change billing.", hint=f"Ask {contact}.")
@@ -338,7 +341,7 @@ class BillingService:
         self, actor: Actor, *, code: str, group_key: str | None = None, at: datetime
     ) -> Change:
         """Redeem ``code`` for a group: it discounts invoices of periods ending after ``at``."""
-        self._admin(actor)
+        self.require_admin(actor)
         with self.db.transaction() as session:
             group = self._one_group(session, actor, group_key, verb="redeem CODE")
             group = ledger.lock_group(session, group.id)
@@ -394,7 +397,7 @@ class BillingService:
         ``expected_group`` is the group the project was in when the admin was asked to
         confirm; if it moved since, the confirmation is stale and nothing changes.
         """
-        self._admin(actor)
+        self.require_admin(actor)
         with self.db.transaction() as session:
             project = self.find_project(session, actor, project_key)
             target = queries.groups_of(session, actor.organization_id, group_key)[0]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 
 from babel import Locale
 
-from billing_core.db import tables as t
 from billing_core.errors import BillingError, Conflict, InvalidInput, NotAllowed, NotFound
 from billing_core.model import Actor
 from billing_core.services import BillingService, Change
@@ -103,7 +100,6 @@ class Handlers:
         default_locale: str = "en_US",
         clock: Clock | None = None,
         confirm_within: timedelta = timedelta(minutes=15),
-        org_locale_ttl: float = 600.0,
     ) -> None:
         self.service = service
         self.command_name = command
@@ -111,9 +107,6 @@ class Handlers:
         self.default_locale = parse_locale(default_locale) or Locale.parse("en_US")
         self.clock = clock or utc_now
         self.confirm_within = confirm_within
-        self._org_locales: dict[int, tuple[float, Locale | None]] = {}
-        self._org_locale_ttl = org_locale_ttl
-        self._lock = threading.Lock()
 
     # -- entry points: never raise -------------------------------------------------------
 
@@ -185,7 +178,7 @@ class Handlers:
 
     def _ask_assign(self, actor: Actor, project: str, group: str, now: datetime) -> Outcome:
         # Refuse a member before asking: a Confirm button they could never use helps nobody.
-        require_admin(actor)
+        self.service.require_admin(actor)
         current = self.service.project_group(actor, project)
         keys = [g.group.key for g in self.service.groups(actor)]
         target = next((k for k in keys if k.casefold() == group.casefold()), None)
@@ -248,24 +241,4 @@ class Handlers:
 
     def locale_for(self, asker: Asker, actor: Actor) -> Locale:
         """The user's Slack locale, else the organization's, else DEFAULT_LOCALE."""
-        return asker.locale or self._org_locale(actor.organization_id) or self.default_locale
-
-    def _org_locale(self, organization_id: int) -> Locale | None:
-        with self._lock:
-            cached = self._org_locales.get(organization_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        # A presentation-only read: billing_core has no use case for it (see the issue note).
-        with self.service.db.transaction() as session:
-            org = session.get(t.Organization, organization_id)
-            locale = parse_locale(org.locale if org is not None else None)
-        with self._lock:
-            self._org_locales[organization_id] = (time.monotonic() + self._org_locale_ttl, locale)
-        return locale
-
-
-def require_admin(actor: Actor) -> None:
-    """The refusal BillingService gives a member who tries an admin change."""
-    if not actor.is_admin:
-        contact = ", ".join(f"<@{a}>" for a in actor.admins) or "an operator"
-        raise NotAllowed("Only organization admins can change billing.", hint=f"Ask {contact}.")
+        return asker.locale or parse_locale(actor.locale) or self.default_locale

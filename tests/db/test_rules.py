@@ -393,6 +393,9 @@ def test_credits_pay_soonest_expiring_first_and_expired_ones_never(
     )
     # February: nothing usable is left
     assert (feb["credits_applied"], feb["amount_due"]) == ("0.00", "0.40")
+    # and spent or expired credits are not listed (SQLite compares stored text: '0.00' > 0)
+    admin = service.actor(team_id="T0ACME", user_id="U0ADMIN")
+    assert service.credits(admin, at=at("2026-03-01T00:00:00+00:00")) == []
 
 
 def test_an_overpayment_becomes_a_credit_for_the_next_invoice(service: BillingService) -> None:

@@ -37,7 +37,7 @@ def test_home_of_a_non_member_explains_why_it_is_empty(
     slack: Slack, emulator: SlackEmulator
 ) -> None:
     shown = as_text(home_of(slack, emulator, STRANGER))
-    assert "cannot see Acme Inc's billing" in shown
+    assert "Only members of Acme Inc can see its billing." in shown
     assert "€" not in shown
 
 

@@ -84,7 +84,7 @@ def test_a_fresh_signature_is_accepted(slack: Slack) -> None:
 def test_a_non_member_is_refused_with_the_admins_named(slack: Slack) -> None:
     for answer in (slack.ask(STRANGER, "balance"), slack.ask_dm(STRANGER, "owed")):
         shown = as_text(answer)
-        assert "cannot see Acme Inc's billing" in shown
+        assert "Only members of Acme Inc can see its billing." in shown
         assert f"Ask @{ADMIN} for access." in shown
         assert "€" not in shown
 
