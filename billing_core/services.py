@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from billing_core import issuing, ledger, queries
 from billing_core.db import tables as t
@@ -192,6 +192,20 @@ class BillingService:
                 )
                 for r in rows
             ]
+
+    def invoice_by_number(self, number: str) -> InvoiceView:
+        """Any organization's invoice by its number (operators and the API; no Slack actor)."""
+        with self.db.transaction() as session:
+            row = session.scalars(
+                select(t.Invoice)
+                .where(t.Invoice.number == number.strip().upper())
+                .options(selectinload(t.Invoice.lines).selectinload(t.InvoiceLine.projects))
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"There is no invoice {number!r}.")
+            return queries.invoice_view(
+                session, row, queries.org_zone(session, row.organization_id)
+            )
 
     # -- people ---------------------------------------------------------------------------
 

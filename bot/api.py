@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
+from babel import Locale
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -25,6 +26,8 @@ from billing_core.money import FloatLiteral
 from billing_core.services import BillingService
 from billing_core.settings import Settings
 from bot import openapi
+from bot.documents.pdf import render_invoice_pdf
+from bot.format import parse_locale
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,28 @@ def api_routes(settings: Settings, service: BillingService) -> list[BaseRoute]:
             return PlainTextResponse(to_csv(documents), media_type="text/csv; charset=utf-8")
         return JSONResponse(documents)
 
+    async def get_invoice_pdf(request: Request) -> Response:
+        number = request.path_params["number"]
+        invoice = await run_in_threadpool(service.invoice_by_number, number)
+        locale = (
+            parse_locale(invoice.organization_locale)
+            or parse_locale(settings.default_locale)
+            or Locale.parse("en_US")
+        )
+        pdf = await run_in_threadpool(
+            lambda: render_invoice_pdf(
+                invoice,
+                seller_name=settings.seller_name,
+                seller_address=settings.seller_address,
+                locale=locale,
+            )
+        )
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{invoice.number}.pdf"'},
+        )
+
     async def get_openapi(request: Request) -> Response:
         return JSONResponse(openapi.document())
 
@@ -146,4 +171,9 @@ def api_routes(settings: Settings, service: BillingService) -> list[BaseRoute]:
         Route("/api/v1/usage", protected(settings, post_usage), methods=["POST"]),
         Route("/api/v1/payments", protected(settings, post_payments), methods=["POST"]),
         Route("/api/v1/invoices", protected(settings, get_invoices), methods=["GET"]),
+        Route(
+            "/api/v1/invoices/{number}.pdf",
+            protected(settings, get_invoice_pdf),
+            methods=["GET"],
+        ),
     ]

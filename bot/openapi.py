@@ -141,6 +141,32 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/invoices/{number}.pdf": {
+                "get": {
+                    "summary": "One invoice as a PDF, in its organization's locale",
+                    "parameters": [
+                        {
+                            "name": "number",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The invoice",
+                            "content": {
+                                "application/pdf": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                }
+                            },
+                        },
+                        "401": _error("Missing or wrong bearer token"),
+                        "404": _error("No invoice with that number"),
+                        "503": _error("The API is disabled (no BILLING_API_TOKEN)"),
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

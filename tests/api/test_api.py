@@ -7,6 +7,7 @@ import io
 import json
 
 import httpx
+from pypdf import PdfReader
 
 from billing_core.services import BillingService
 from bot.api import MAX_ITEMS
@@ -95,3 +96,19 @@ def test_payments_and_invoice_export(api: httpx.Client, service: BillingService)
     assert api.get("/api/v1/invoices", params=dict(dated, since="2026-02-02")).json() == []
     assert api.get("/api/v1/invoices", params=dict(dated, since="soon")).status_code == 422
     assert api.get("/api/v1/invoices", params={"org": "nobody"}).status_code == 404
+
+
+def test_an_invoice_pdf_shows_its_number_and_total(
+    api: httpx.Client, service: BillingService
+) -> None:
+    api.post("/api/v1/usage", json=[usage(1, qty="123456789")])
+    service.run_billing(at=at("2026-02-01T00:00:00+00:00"))
+    response = api.get("/api/v1/invoices/INV-2026-000001.pdf")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/pdf"
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(response.content)).pages)
+    assert "INV-2026-000001" in text
+    assert "€49.38" in text  # 123,456,789 x 0.0000004 = 49.3827156, in the org's en_US
+    assert api.get("/api/v1/invoices/INV-2026-999999.pdf").status_code == 404
+    unauthorized = api.get("/api/v1/invoices/INV-2026-000001.pdf", headers={"Authorization": ""})
+    assert unauthorized.status_code == 401
