@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -51,6 +51,7 @@ class GroupContext:
     schedule: Schedule
     prices: dict[str, MetricPrice]
     plan: t.Plan | None
+    project_keys: dict[int, str] = field(default_factory=dict)
 
     def included(self, period: Period, metric: str) -> Decimal:
         if self.plan is None or not self.schedule.is_subscribed(period):
@@ -118,13 +119,17 @@ def _price(ctx: GroupContext, metric: str) -> MetricPrice:
     return price
 
 
-def _named(session: Session, quantities: dict[int, Decimal]) -> dict[str, Decimal]:
-    keys = dict(
-        session.execute(
-            select(t.Project.id, t.Project.key).where(t.Project.id.in_(quantities))
+def _named(
+    session: Session, ctx: GroupContext, quantities: dict[int, Decimal]
+) -> dict[str, Decimal]:
+    """Quantities by project key; keys are fetched once per group context, not per metric."""
+    missing = [pid for pid in quantities if pid not in ctx.project_keys]
+    if missing:
+        rows = session.execute(
+            select(t.Project.id, t.Project.key).where(t.Project.id.in_(missing))
         ).all()
-    )
-    return {keys[pid]: q for pid, q in quantities.items()}
+        ctx.project_keys.update((pid, key) for pid, key in rows)
+    return {ctx.project_keys[pid]: q for pid, q in quantities.items()}
 
 
 def claimed_by(group_id: int, close_id: int) -> ColumnElement[bool]:
@@ -159,7 +164,7 @@ def rate_period(
         lines.append(
             rate_usage(
                 _price(ctx, metric),
-                _named(session, current[metric]),
+                _named(session, ctx, current[metric]),
                 included=ctx.included(period, metric),
                 currency=currency,
             )
@@ -208,8 +213,8 @@ def rate_period(
                     after[project_id] = known + extra
             line = rate_late_usage(
                 price,
-                billed=_named(session, before) if before else {},
-                now_known=_named(session, after),
+                billed=_named(session, ctx, before) if before else {},
+                now_known=_named(session, ctx, after),
                 included=ctx.included(late_period, metric),
                 currency=currency,
                 period=late_period,
@@ -377,11 +382,9 @@ def close_period(
         session.add(
             t.CreditApplication(invoice_id=invoice.id, credit_id=credit_id, amount=used.amount)
         )
-        session.execute(
-            update(t.Credit)
-            .where(t.Credit.id == credit_id)
-            .values(remaining=t.Credit.remaining - used.amount)
-        )
+        # In Python, not SQL: SQLite would subtract the stored decimal text as floats.
+        credit = session.get_one(t.Credit, credit_id)
+        credit.remaining = credit.remaining - used.amount
     session.flush()
     session.refresh(invoice, ["lines"])
     invoice.checksum = checksum(
@@ -391,9 +394,9 @@ def close_period(
 
 
 def _store_lines(session: Session, invoice: t.Invoice, lines: Sequence[Line]) -> None:
-    for position, line in enumerate(lines):
-        row = t.InvoiceLine(
-            invoice_id=invoice.id,
+    """Lines and their project shares, written with the invoice's next flush."""
+    invoice.lines = [
+        t.InvoiceLine(
             position=position,
             kind=line.kind,
             metric=line.metric,
@@ -403,18 +406,15 @@ def _store_lines(session: Session, invoice: t.Invoice, lines: Sequence[Line]) ->
             amount=line.amount.amount,
             late_period_start=line.late_period.start if line.late_period else None,
             late_period_end=line.late_period.end if line.late_period else None,
+            projects=[
+                t.InvoiceLineProject(
+                    project_key=share.project, quantity=share.quantity, amount=share.amount.amount
+                )
+                for share in line.projects
+            ],
         )
-        session.add(row)
-        session.flush()
-        session.add_all(
-            t.InvoiceLineProject(
-                line_id=row.id,
-                project_key=share.project,
-                quantity=share.quantity,
-                amount=share.amount.amount,
-            )
-            for share in line.projects
-        )
+        for position, line in enumerate(lines)
+    ]
 
 
 def due_periods(session: Session, at: datetime) -> list[tuple[int, Period]]:

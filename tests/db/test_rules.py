@@ -492,3 +492,15 @@ def test_balance_shows_the_open_period_with_coupons_tax_and_credits(
     # January: 0.40 + 20% = 0.48, less the 0.10 credit = 0.38, overdue after 15 February
     assert owed.outstanding.amount == Decimal("0.38")
     assert owed.overdue == ("INV-2026-000001",)
+
+
+def test_credit_balances_stay_exact_beyond_float_precision(service: BillingService) -> None:
+    # 12,345,678,901,234.56 has 16 significant digits: a float keeps 15 or so
+    doc = document()
+    org(doc)["credits"] = [{"billing_group": "eng", "amount": "12345678901234.56"}]
+    service.load(doc, at=at(JAN.format(1)))
+    service.import_usage([event("j", "requests.GET", "1000000", JAN.format(5))])
+    service.run_billing(at=at("2026-02-01T00:00:00+00:00"))
+    admin = service.actor(team_id="T0ACME", user_id="U0ADMIN")
+    [credit] = service.credits(admin, at=at(FEB.format(1)))
+    assert credit.remaining.amount == Decimal("12345678901234.16")  # minus the 0.40 invoice
