@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from billing_core.db import tables as t
 from billing_core.export import checksum, invoice_document
@@ -20,6 +21,16 @@ from billing_core.money import round_to_minor_unit
 from billing_core.periods import Period
 
 ZERO = Decimal(0)
+
+
+def _sums(
+    session: Session, key: InstrumentedAttribute[Any], amount: InstrumentedAttribute[Decimal]
+) -> defaultdict[int, Decimal]:
+    """Exact totals of ``amount`` by ``key``, added in Python (SQLite stores decimals as text)."""
+    totals: defaultdict[int, Decimal] = defaultdict(Decimal)
+    for owner, value in session.execute(select(key, amount).where(key.is_not(None))):
+        totals[owner] += value
+    return totals
 
 
 def violations(session: Session) -> Iterator[str]:
@@ -34,16 +45,8 @@ def violations(session: Session) -> Iterator[str]:
 def _documents(session: Session) -> Iterator[str]:
     orgs = {o.id: o for o in session.scalars(select(t.Organization))}
     groups = {g.id: g for g in session.scalars(select(t.BillingGroup))}
-    discounts: dict[int, Decimal] = defaultdict(Decimal)
-    for invoice_id, amount in session.execute(
-        select(t.InvoiceDiscount.invoice_id, t.InvoiceDiscount.amount)
-    ):
-        discounts[invoice_id] += amount
-    applied: dict[int, Decimal] = defaultdict(Decimal)
-    for invoice_id, amount in session.execute(
-        select(t.CreditApplication.invoice_id, t.CreditApplication.amount)
-    ):
-        applied[invoice_id] += amount
+    discounts = _sums(session, t.InvoiceDiscount.invoice_id, t.InvoiceDiscount.amount)
+    applied = _sums(session, t.CreditApplication.invoice_id, t.CreditApplication.amount)
     for inv in session.scalars(select(t.Invoice).order_by(t.Invoice.id)):
         n, cur = inv.number, inv.currency
         lines = sum((line.amount for line in inv.lines), ZERO)
@@ -142,39 +145,22 @@ def _usage(session: Session) -> Iterator[str]:
 
 
 def _payments(session: Session) -> Iterator[str]:
-    allocated: dict[int, Decimal] = defaultdict(Decimal)
-    for payment_id, amount in session.execute(
-        select(t.PaymentAllocation.payment_id, t.PaymentAllocation.amount)
-    ):
-        allocated[payment_id] += amount
-    to_credit: dict[int, Decimal] = defaultdict(Decimal)
-    for source, amount in session.execute(
-        select(t.Credit.payment_id, t.Credit.amount).where(t.Credit.payment_id.is_not(None))
-    ):
-        if source is not None:
-            to_credit[source] += amount
+    allocated = _sums(session, t.PaymentAllocation.payment_id, t.PaymentAllocation.amount)
+    to_credit = _sums(session, t.Credit.payment_id, t.Credit.amount)
     for p in session.scalars(select(t.Payment)):
         if allocated[p.id] + to_credit[p.id] != p.amount:
             yield (
                 f"payment {p.reference}: {allocated[p.id]} allocated + {to_credit[p.id]} credited "
                 f"!= {p.amount} received"
             )
-    paid: dict[int, Decimal] = defaultdict(Decimal)
-    for invoice_id, amount in session.execute(
-        select(t.PaymentAllocation.invoice_id, t.PaymentAllocation.amount)
-    ):
-        paid[invoice_id] += amount
+    paid = _sums(session, t.PaymentAllocation.invoice_id, t.PaymentAllocation.amount)
     for inv in session.scalars(select(t.Invoice)):
         if paid[inv.id] != inv.amount_paid:
             yield f"invoice {inv.number}: paid {inv.amount_paid} != allocations {paid[inv.id]}"
 
 
 def _credits(session: Session) -> Iterator[str]:
-    used: dict[int, Decimal] = defaultdict(Decimal)
-    for credit_id, amount in session.execute(
-        select(t.CreditApplication.credit_id, t.CreditApplication.amount)
-    ):
-        used[credit_id] += amount
+    used = _sums(session, t.CreditApplication.credit_id, t.CreditApplication.amount)
     for c in session.scalars(select(t.Credit)):
         if c.remaining < 0:
             yield f"credit {c.id}: remaining {c.remaining} is negative"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from billing_core.export import CSV_INVOICE_FIELDS
+
 DECIMAL = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "examples": ["12.30"]}
 TIMESTAMP = {
     "type": "string",
@@ -229,25 +231,7 @@ def document() -> dict[str, Any]:
                 },
                 "Invoice": {
                     "type": "object",
-                    "required": [
-                        "number",
-                        "organization",
-                        "billing_group",
-                        "currency",
-                        "period_start",
-                        "period_end",
-                        "invoice_date",
-                        "due_date",
-                        "status",
-                        "subtotal",
-                        "discount",
-                        "tax",
-                        "total",
-                        "credits_applied",
-                        "amount_due",
-                        "amount_paid",
-                        "lines",
-                    ],
+                    "required": [*CSV_INVOICE_FIELDS, "lines"],
                     "properties": {
                         "number": {"type": "string"},
                         "organization": {"type": "string"},
