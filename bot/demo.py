@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -210,6 +211,8 @@ def run_demo(settings: Settings, *, now: datetime) -> int:
     print(render_summary(service, actor, now=now, locale=locale))
     print()
     print("Ask it yourself (type `help`, `invoices`, `assign lab eng`, then `confirm`):")
-    print(f"  billing-bot console --team {TEAM} --user {ADMIN}")
+    # The command as it was started (.venv/bin/billing-bot when not on PATH), so it can be pasted.
+    command = sys.argv[0] if sys.argv and sys.argv[0].endswith("billing-bot") else "billing-bot"
+    print(f"  {command} console --team {TEAM} --user {ADMIN}")
     service.db.dispose()
     return 0
