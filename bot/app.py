@@ -4,15 +4,19 @@ Every listener acks at once, without touching the database, and does its work in
 listener (``process_before_response=True``): ack runs in the request thread, so even a locked
 database or a busy worker pool cannot make Slack see a timeout. Answers go privately to the
 asker: ephemeral through response_url, the DM itself, or chat.postEphemeral for @mentions.
+Files (invoice PDFs, usage charts, the export) are uploaded to the asker's DM first
+(files_upload_v2), and the answer then says where they went, or that Slack refused them.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
+from urllib.error import HTTPError
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization.authorize import InstallationStoreAuthorize
@@ -32,12 +36,20 @@ from bot.commands import strip_invocation
 from bot.directory import Directory
 from bot.handlers import Asker, Clock, Handlers, Outcome
 from bot.views.admin import CANCEL_ACTION, CONFIRM_ACTION
-from bot.views.invoices import PAY_ACTION
+from bot.views.invoices import PAY_ACTION, PDF_ACTION
 
 log = logging.getLogger("billing_bot.slack")
 
 # What the app asks for when installed (OAuth mode); the manifest lists the same.
-SCOPES = ("commands", "chat:write", "app_mentions:read", "im:history", "users:read")
+SCOPES = (
+    "commands",
+    "chat:write",
+    "app_mentions:read",
+    "im:history",
+    "users:read",
+    "im:write",  # conversations.open: files go to the asker's DM
+    "files:write",  # files_upload_v2
+)
 INSTALL_PATH = "/slack/install"
 REDIRECT_PATH = "/slack/oauth_redirect"
 OAUTH_STATE_SECONDS = 600
@@ -80,6 +92,8 @@ def build_app(
         payment_url=settings.payment_url,
         default_locale=settings.default_locale,
         clock=clock,
+        seller_name=settings.seller_name,
+        seller_address=settings.seller_address,
     )
     oauth = bool(settings.slack_client_id or settings.slack_client_secret)
     client = WebClient(
@@ -197,6 +211,7 @@ class SlackBot:
         app.action(re.compile(f"^({CONFIRM_ACTION}|{CANCEL_ACTION})$"))(
             ack=_ack, lazy=[self.on_button]
         )
+        app.action(PDF_ACTION)(ack=_ack, lazy=[self.on_download])
         # A URL button still sends Slack an interaction; ack it so the user sees no warning.
         app.action(PAY_ACTION)(_ack)
         app.event("app_mention")(ack=_ack, lazy=[self.on_mention])
@@ -209,24 +224,30 @@ class SlackBot:
 
     def on_command(self, body: dict[str, Any], client: WebClient) -> None:
         asker = self._asker(client, body.get("team_id"), body.get("user_id"))
-        outcome = self.handlers.command(asker, body.get("text") or "")
+        outcome = self._hand_over(
+            client, asker, self.handlers.command(asker, body.get("text") or "")
+        )
         self._respond(body.get("response_url"), outcome, replace=False)
         self._audit(client, outcome)
 
     def on_button(self, body: dict[str, Any], client: WebClient) -> None:
-        user = body.get("user") or {}
-        team = (body.get("team") or {}).get("id") or user.get("team_id")
-        action = (body.get("actions") or [{}])[0]
-        asker = self._asker(client, team, user.get("id"))
+        asker, action = self._clicked(client, body)
         outcome = self.handlers.button(asker, action.get("action_id", ""), action.get("value", ""))
         # Replacing the question removes its buttons: a second click has nothing to press.
         self._respond(body.get("response_url"), outcome, replace=True)
         self._audit(client, outcome)
 
+    def on_download(self, body: dict[str, Any], client: WebClient) -> None:
+        asker, action = self._clicked(client, body)
+        outcome = self.handlers.button(asker, PDF_ACTION, action.get("value", ""))
+        outcome = self._hand_over(client, asker, outcome)
+        # Answered beside the invoice, not in its place: it keeps its buttons.
+        self._respond(body.get("response_url"), outcome, replace=False)
+
     def on_dm(self, body: dict[str, Any], event: dict[str, Any], client: WebClient) -> None:
         asker = self._asker(client, body.get("team_id"), event.get("user"))
         text = strip_invocation(event.get("text") or "", command=self.handlers.command_name)
-        outcome = self.handlers.command(asker, text)
+        outcome = self._hand_over(client, asker, self.handlers.command(asker, text))
         self._deliver(
             "DM answer",
             lambda: client.chat_postMessage(
@@ -240,7 +261,7 @@ class SlackBot:
     def on_mention(self, body: dict[str, Any], event: dict[str, Any], client: WebClient) -> None:
         asker = self._asker(client, body.get("team_id"), event.get("user"))
         text = strip_invocation(event.get("text") or "", command=self.handlers.command_name)
-        outcome = self.handlers.command(asker, text)
+        outcome = self._hand_over(client, asker, self.handlers.command(asker, text))
         self._deliver(
             "mention answer",
             lambda: client.chat_postEphemeral(
@@ -269,6 +290,13 @@ class SlackBot:
         )
 
     # -- delivery ------------------------------------------------------------------------
+
+    def _clicked(self, client: WebClient, body: dict[str, Any]) -> tuple[Asker, dict[str, Any]]:
+        """Who clicked, and the action they clicked."""
+        user = body.get("user") or {}
+        team = (body.get("team") or {}).get("id") or user.get("team_id")
+        action: dict[str, Any] = (body.get("actions") or [{}])[0]
+        return self._asker(client, team, user.get("id")), action
 
     def _asker(self, client: WebClient, team_id: object, user_id: object) -> Asker:
         team, user = str(team_id or ""), str(user_id or "")
@@ -300,6 +328,45 @@ class SlackBot:
                 raise DeliveryError(f"response_url answered HTTP {response.status_code}")
 
         self._deliver("response_url answer", send)
+
+    def _hand_over(self, client: WebClient, asker: Asker, outcome: Outcome) -> Outcome:
+        """Upload the outcome's files to the asker's DM; the answer says where they went.
+
+        When Slack does not take them, the answer says so instead (with a reference for the
+        log): the files were made, but the user has nothing, and must not be told otherwise.
+        """
+        files = outcome.files
+        if files is None:
+            return outcome
+        try:
+            dm = client.conversations_open(users=asker.user_id)["channel"]["id"]
+            client.files_upload_v2(
+                channel=dm,
+                file_uploads=[
+                    {"filename": u.filename, "title": u.title, "content": u.content}
+                    for u in files.uploads
+                ],
+                initial_comment=files.comment,
+            )
+        except Exception as exc:
+            if isinstance(exc, HTTPError):
+                exc.close()  # slack_sdk's upload step leaves urllib's failed response open
+            reference = uuid.uuid4().hex[:10]
+            log.error(
+                "could not upload %s for user %s in %s (reference %s): %s",
+                ", ".join(u.filename for u in files.uploads),
+                asker.user_id,
+                asker.team_id,
+                reference,
+                _reason(exc),
+            )
+            failed = views.upload_failed(reference, count=len(files.uploads))
+            return Outcome(failed, outcome.change)
+        count = len(files.uploads)
+        where = (
+            "The file is" if count == 1 else f"The {count} files are"
+        ) + " in your direct messages with me."
+        return Outcome(views.delivered(outcome.reply, where), outcome.change)
 
     def _audit(self, client: WebClient, outcome: Outcome) -> None:
         """Post an admin change to AUDIT_CHANNEL (the service already wrote the audit log)."""

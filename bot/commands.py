@@ -64,6 +64,20 @@ class Groups:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageChart:
+    """``usage [GROUP]``: the open period's charges per day, as a chart file per group."""
+
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """``export [GROUP]``: the invoices as the CSV of SPEC 4.4, as a file (admins)."""
+
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Redeem:
     code: str
     group: str | None = None
@@ -75,7 +89,20 @@ class Assign:
     group: str
 
 
-Command = Help | Balance | Owed | Invoices | Invoice | Payments | Credits | Groups | Redeem | Assign
+Command = (
+    Help
+    | Balance
+    | Owed
+    | Invoices
+    | Invoice
+    | Payments
+    | Credits
+    | Groups
+    | UsageChart
+    | Export
+    | Redeem
+    | Assign
+)
 
 
 _GROUP_COMMANDS: dict[str, Callable[[str | None], Command]] = {
@@ -84,6 +111,8 @@ _GROUP_COMMANDS: dict[str, Callable[[str | None], Command]] = {
     "invoices": Invoices,
     "payments": Payments,
     "credits": Credits,
+    "usage": UsageChart,
+    "export": Export,
 }
 
 
@@ -106,10 +135,16 @@ USAGES: tuple[Usage, ...] = (
     Usage("balance", "[GROUP]", "the open period's charges so far, by category, as billed now"),
     Usage("owed", "[GROUP]", "what is unpaid per group, overdue invoices marked"),
     Usage("invoices", "[GROUP]", "recent invoices: number, period, total, status, due date"),
-    Usage("invoice", "NUMBER", "one invoice with its lines, and a Pay button while unpaid"),
+    Usage(
+        "invoice",
+        "NUMBER",
+        "one invoice with its lines, a Download PDF button, and a Pay button while unpaid",
+    ),
     Usage("payments", "[GROUP]", "recent payments with receipt numbers and what they paid"),
     Usage("credits", "[GROUP]", "remaining credits and when they expire"),
     Usage("groups", "", "billing groups with their projects, payment method and contacts"),
+    Usage("usage", "[GROUP]", "a chart of this period's charges per day by category, as a file"),
+    Usage("export", "[GROUP]", "the invoices as a CSV file, one row per line item", admin=True),
     Usage("redeem", "CODE [GROUP]", "redeem a coupon for a group", admin=True),
     Usage("assign", "PROJECT GROUP", "move a project to another billing group", admin=True),
 )

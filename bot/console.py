@@ -1,7 +1,12 @@
-"""``billing-bot console``: the /billing surface on stdin and stdout, without Slack."""
+"""``billing-bot console``: the /billing surface on stdin and stdout, without Slack.
+
+Files that Slack would upload to the asker (invoice PDFs, usage charts, the export) are saved
+in the current directory instead, and their paths printed.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TextIO
 
 from billing_core.errors import InvalidInput
@@ -13,6 +18,7 @@ from bot.textview import render
 QUIT = frozenset({"quit", "exit", r"\q"})
 # The labels of our answerable buttons, so a late "confirm" is not read as a subcommand.
 BUTTON_WORDS = frozenset({"confirm", "cancel"})
+DOWNLOAD_WORDS = frozenset({"download pdf"})
 
 
 def run_console(
@@ -22,8 +28,12 @@ def run_console(
     stdin: TextIO,
     stdout: TextIO,
     interactive: bool = False,
+    files_dir: Path | None = None,
 ) -> int:
-    """Answer each line like ``/billing`` would; type a button's label to press it."""
+    """Answer each line like ``/billing`` would; type a button's label to press it.
+
+    Files are saved in ``files_dir`` (default: the current directory).
+    """
     command = handlers.command_name
     pending: dict[str, tuple[str, str]] = {}  # typed label -> (action_id, value)
     if interactive:
@@ -51,12 +61,36 @@ def run_console(
             outcome = handlers.button(asker, action_id, value)
         elif word in BUTTON_WORDS:
             outcome = Outcome(views.refusal(InvalidInput(f"No question is waiting for `{word}`.")))
+        elif word in DOWNLOAD_WORDS:
+            outcome = Outcome(
+                views.refusal(
+                    InvalidInput(
+                        "No invoice is shown to download.",
+                        hint="`invoice NUMBER` shows one, with its Download PDF button.",
+                    )
+                )
+            )
         else:
             outcome = handlers.command(asker, strip_invocation(line, command=command))
         pending = _buttons(outcome)
         print(render(outcome.reply), file=stdout)
+        if outcome.files is not None:
+            _save(outcome.files, files_dir or Path.cwd(), stdout)
         print(file=stdout, flush=True)
     return 0
+
+
+def _save(files: views.Files, directory: Path, stdout: TextIO) -> None:
+    """Write each file into ``directory`` (replacing an older copy) and print its path."""
+    for upload in files.uploads:
+        # Names are built from keys and numbers, but never let one leave the directory.
+        path = directory / Path(upload.filename).name
+        try:
+            path.write_bytes(upload.content)
+        except OSError as exc:
+            print(f"✗ Could not save {upload.filename}: {exc.strerror or exc}", file=stdout)
+            continue
+        print(f"Saved {path.resolve()}", file=stdout)
 
 
 def _buttons(outcome: Outcome) -> dict[str, tuple[str, str]]:

@@ -1,8 +1,9 @@
 """Commands and button clicks answered the same way on every surface (Slack or the console).
 
-Each answer is: parse -> who is asking (service.actor) -> one service call -> a view. The one
-error path lives here too: a BillingError becomes a friendly refusal, anything else is logged
-with a reference id and answered with an apology. Callers never see an exception.
+Each answer is: parse -> who is asking (service.actor) -> one service call -> a view, and for
+``usage``, ``export`` and Download PDF also files (rendered here, delivered by the surface). The
+one error path lives here too: a BillingError becomes a friendly refusal, anything else is
+logged with a reference id and answered with an apology. Callers never see an exception.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from datetime import UTC, datetime, timedelta
 from babel import Locale
 
 from billing_core.errors import BillingError, Conflict, InvalidInput, NotAllowed, NotFound
+from billing_core.export import to_csv
 from billing_core.model import Actor
 from billing_core.services import BillingService, Change
 from bot import commands as c
 from bot import views
+from bot.documents.chart import render_usage_chart
+from bot.documents.pdf import render_invoice_pdf
 from bot.format import parse_locale
 from bot.views.admin import CANCEL_ACTION, CONFIRM_ACTION
+from bot.views.invoices import PDF_ACTION
 
 log = logging.getLogger("billing_bot.handlers")
 
@@ -47,6 +52,7 @@ class Asker:
 class Outcome:
     reply: views.Reply
     change: Change | None = None  # set when an admin change was made (for the audit channel)
+    files: views.Files | None = None  # for the asker; the surface delivers them, then the reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +106,14 @@ class Handlers:
         default_locale: str = "en_US",
         clock: Clock | None = None,
         confirm_within: timedelta = timedelta(minutes=15),
+        seller_name: str = "billing-bot",
+        seller_address: str | None = None,
     ) -> None:
         self.service = service
         self.command_name = command
         self.payment_url = payment_url
+        self.seller_name = seller_name
+        self.seller_address = seller_address
         self.default_locale = parse_locale(default_locale) or Locale.parse("en_US")
         self.clock = clock or utc_now
         self.confirm_within = confirm_within
@@ -115,7 +125,7 @@ class Handlers:
         return self._guarded(asker, text, lambda: self._command(asker, text))
 
     def button(self, asker: Asker, action_id: str, value: str) -> Outcome:
-        """Answer a click on Confirm or Cancel of an assign question."""
+        """Answer a click on Confirm or Cancel of an assign question, or on Download PDF."""
         return self._guarded(asker, action_id, lambda: self._button(asker, action_id, value))
 
     def home(self, asker: Asker) -> views.Reply:
@@ -169,6 +179,10 @@ class Handlers:
                 return Outcome(views.credits_reply(credits, locale))
             case c.Groups():
                 return Outcome(views.groups_reply(s.groups(actor)))
+            case c.UsageChart(group=group):
+                return self._usage(actor, group, locale, now)
+            case c.Export(group=group):
+                return self._export(actor, group)
             case c.Redeem(code=code, group=group):
                 change = s.redeem_coupon(actor, code=code, group_key=group, at=now)
                 return Outcome(views.change_done(change), change)
@@ -195,9 +209,51 @@ class Handlers:
             )
         )
 
+    def _usage(self, actor: Actor, group: str | None, locale: Locale, now: datetime) -> Outcome:
+        dailies = self.service.daily_charges(actor, group_key=group, at=now)
+        uploads = tuple(
+            views.Upload(
+                filename=(
+                    f"{actor.organization_key}-{d.group.key}-usage-"
+                    f"{d.period.start.date().isoformat()}.png"
+                ),
+                title=f"{d.group.name} · charges per day",
+                content=render_usage_chart(d, locale=locale),
+            )
+            for d in dailies
+        )
+        reply = views.usage_reply(dailies, locale)
+        if not uploads:
+            return Outcome(reply)
+        return Outcome(reply, files=views.Files(uploads, views.usage_comment(dailies, locale)))
+
+    def _export(self, actor: Actor, group: str | None) -> Outcome:
+        try:
+            self.service.require_admin(actor)
+        except NotAllowed as refused:
+            # The core's words are about changes; an export changes nothing. Same admins.
+            raise NotAllowed(
+                "Only organization admins can export invoices.", hint=refused.hint
+            ) from None
+        org = actor.organization_key
+        documents = self.service.export_invoices(org_key=org, group_key=group)
+        if not documents:
+            return Outcome(views.export_reply(documents, None))
+        # The group as stored (GROUP is matched without regard to case).
+        key = str(documents[0]["billing_group"]) if group else None
+        upload = views.Upload(
+            filename=f"{org}-{key}-invoices.csv" if key else f"{org}-invoices.csv",
+            title=f"Invoices of {org}" + (f", group {key}" if key else ""),
+            content=to_csv(documents).encode("utf-8"),
+        )
+        comment = views.export_comment(org, len(documents))
+        return Outcome(views.export_reply(documents, upload), files=views.Files((upload,), comment))
+
     # -- buttons -------------------------------------------------------------------------
 
     def _button(self, asker: Asker, action_id: str, value: str) -> Outcome:
+        if action_id == PDF_ACTION:
+            return self._invoice_pdf(asker, value)
         ask = AssignAsk.decode(value)
         if action_id == CANCEL_ACTION:
             return Outcome(views.assign_cancelled(project=ask.project, current=ask.current))
@@ -221,6 +277,24 @@ class Handlers:
             expected_group=ask.current,
         )
         return Outcome(views.change_done(change), change)
+
+    def _invoice_pdf(self, asker: Asker, number: str) -> Outcome:
+        if not c.INVOICE_NUMBER.fullmatch(number):
+            raise InvalidInput("That button does not carry an invoice number; nothing was sent.")
+        # Rights are checked again at the click: the button may have been forwarded, or the
+        # clicker may have lost their membership since the invoice was shown.
+        actor = self._actor(asker)
+        invoice = self.service.invoice(actor, number=number.upper())
+        locale = self.locale_for(asker, actor)
+        pdf = render_invoice_pdf(
+            invoice,
+            seller_name=self.seller_name,
+            seller_address=self.seller_address,
+            locale=locale,
+        )
+        upload = views.Upload(f"{invoice.number}.pdf", f"Invoice {invoice.number}", pdf)
+        files = views.Files((upload,), views.invoice_pdf_comment(invoice, locale))
+        return Outcome(views.invoice_pdf_reply(invoice, upload), files=files)
 
     # -- home ----------------------------------------------------------------------------
 

@@ -114,6 +114,8 @@ def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
             payment_url=settings.payment_url,
             default_locale=settings.default_locale,
             clock=(lambda: fixed) if fixed is not None else utc_now,
+            seller_name=settings.seller_name,
+            seller_address=settings.seller_address,
         )
         asker = Asker(team_id=args.team, user_id=args.user, locale=locale)
         return run_console(

@@ -26,6 +26,12 @@ Conventions a user must know:
   and ``response is None``; text (non-JSON) answers have ``response is None`` too.
 * The channel rate limiter reads :attr:`SlackEmulator.clock` (``time.monotonic`` by default);
   tests can replace it with a fake clock.
+* File uploads follow Slack's external flow (what ``WebClient.files_upload_v2`` does):
+  ``files.getUploadURLExternal`` hands out ``{base_url}/upload/{file_id}``, a POST of the bytes
+  there (raw or multipart) stores them (recorded as method ``"upload"``), and
+  ``files.completeUploadExternal`` shares them into ``channel_id`` / ``channels`` with a file
+  message carrying ``initial_comment``. :meth:`SlackEmulator.uploads` lists completed files;
+  ``fail_next("upload", ...)`` scripts failures of the upload POST itself.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ READ_METHODS = frozenset(
         "conversations.info",
         "conversations.history",
         "conversations.replies",
+        "files.getUploadURLExternal",
     }
 )
 # Fields that slack_sdk (and other clients) send as JSON strings inside form bodies.
@@ -120,6 +127,19 @@ class _User:
     is_restricted: bool
     is_ultra_restricted: bool
     is_bot: bool = False
+
+
+@dataclass
+class _File:
+    """A file between files.getUploadURLExternal and files.completeUploadExternal (and after)."""
+
+    id: str
+    filename: str
+    length: int
+    alt_txt: str | None
+    snippet_type: str | None
+    content: bytes | None = None
+    completed: bool = False
 
 
 class _SlackError(Exception):
@@ -303,6 +323,9 @@ class SlackEmulator:
         self._ephemerals: list[dict[str, Any]] = []
         self._views: list[dict[str, Any]] = []
         self._responses: list[tuple[str, dict[str, Any]]] = []
+        self._files: dict[str, _File] = {}
+        self._uploads: list[dict[str, Any]] = []
+        self._file_seq = 0
         self._failures: dict[str, deque[_Failure]] = {}
         self._random_faults: tuple[random.Random, float, tuple[str, ...]] | None = None
         self._rate_per_second: float | None = None
@@ -410,7 +433,8 @@ class SlackEmulator:
         * ``status=200`` with ``error``: ``{"ok": false, "error": error}``.
         * ``drop_connection=True``: the socket is closed without any answer.
 
-        ``method="response_url"`` scripts failures of response_url posts (all keys).
+        ``method="response_url"`` scripts failures of response_url posts (all keys), and
+        ``method="upload"`` failures of the POST of a file's bytes to its upload URL.
         """
         if times < 1:
             raise ValueError("times must be >= 1")
@@ -447,7 +471,7 @@ class SlackEmulator:
             self._next_post_at.clear()
 
     def reset(self) -> None:
-        """Forget calls, messages, ephemerals, views, responses, faults and the rate limit.
+        """Forget calls, messages, ephemerals, views, responses, files, faults and the rate limit.
 
         Users, channels, opened DMs and tokens are kept; timestamps keep increasing.
         """
@@ -480,6 +504,19 @@ class SlackEmulator:
         with self._lock:
             return [copy.deepcopy(body) for k, body in self._responses if key is None or k == key]
 
+    def upload_url(self, file_id: str) -> str:
+        return f"{self.base_url}/upload/{quote(file_id, safe='')}"
+
+    def uploads(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Completed uploads, in order: one entry per file and channel it was shared to.
+
+        Each is ``{file_id, filename, title, bytes, channel, initial_comment}``; ``channel`` is
+        None for a file completed without any channel (it stays private).
+        """
+        with self._lock:
+            wanted = self._resolve_channel(channel) if channel is not None else None
+            return [dict(u) for u in self._uploads if wanted is None or u["channel"] == wanted]
+
     # ------------------------------------------------------------------ internals: state
 
     def _add_bot_user(self) -> None:
@@ -500,6 +537,8 @@ class SlackEmulator:
         self._ephemerals = []
         self._views = []
         self._responses = []
+        self._files = {}
+        self._uploads = []
         self._failures = {}
         self._random_faults = None
         self._rate_per_second = None
@@ -541,6 +580,16 @@ class SlackEmulator:
             with self._lock:
                 reply, body = self._response_url(verb, key, headers, raw)
                 self._record("response_url", body, headers, reply)
+            return reply
+        if parts.path.startswith("/upload/"):
+            file_id = unquote(parts.path[len("/upload/") :])
+            with self._lock:
+                try:
+                    reply, params = self._upload(verb, file_id, headers, raw)
+                except Exception as exc:  # a bug in the emulator: surface it, answer 500
+                    self.errors.append(exc)
+                    reply, params = _Reply(status=500, text=f"emulator_error: {exc!r}"), {}
+                self._record("upload", params, headers, reply)
             return reply
         return _Reply(status=404, text="not found")
 
@@ -712,6 +761,8 @@ class SlackEmulator:
             "chat.update": self._chat_update,
             "chat.delete": self._chat_delete,
             "views.publish": self._views_publish,
+            "files.getUploadURLExternal": self._files_get_upload_url_external,
+            "files.completeUploadExternal": self._files_complete_upload_external,
         }
 
     def _api_test(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1139,6 +1190,178 @@ class SlackEmulator:
         }
         self._views.append({"user_id": user_id, "view": copy.deepcopy(published)})
         return {"view": published}
+
+    # ------------------------------------------------------------------ internals: files
+
+    def _files_get_upload_url_external(self, params: dict[str, Any]) -> dict[str, Any]:
+        filename = params.get("filename")
+        if not isinstance(filename, str) or not filename.strip():
+            raise _SlackError("invalid_arguments", ["[ERROR] missing required field: filename"])
+        try:
+            length = int(str(params.get("length") or "0"))
+        except ValueError as exc:
+            raise _SlackError(
+                "invalid_arguments", ["[ERROR] must be an integer [json-pointer:/length]"]
+            ) from exc
+        if length <= 0:
+            raise _SlackError("missing_argument")  # what Slack answers to a zero length
+        alt_txt = params.get("alt_txt")
+        if isinstance(alt_txt, str) and len(alt_txt) > 1000:
+            raise _SlackError("alt_txt_too_large")
+        self._file_seq += 1
+        file_id = f"F{self._file_seq:010d}"
+        self._files[file_id] = _File(
+            id=file_id,
+            filename=filename,
+            length=length,
+            alt_txt=alt_txt if isinstance(alt_txt, str) else None,
+            snippet_type=str(params["snippet_type"]) if params.get("snippet_type") else None,
+        )
+        return {"upload_url": self.upload_url(file_id), "file_id": file_id}
+
+    def _upload(
+        self, verb: str, file_id: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[_Reply, dict[str, Any]]:
+        params: dict[str, Any] = {"file_id": file_id, "length": len(raw)}
+        if verb != "POST":
+            return _Reply(405, text="method_not_allowed", headers={"Allow": "POST"}), params
+        fault = self._fault_reply("upload", random_faults=False)
+        if fault is not None:
+            return fault, params
+        entry = self._files.get(file_id)
+        if entry is None or entry.completed:
+            return _Reply(404, text="file_not_found"), params
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        data = raw
+        if content_type == "multipart/form-data":
+            parts = self._parse_multipart(headers, raw)
+            found = [v for v in parts.values() if isinstance(v, bytes)]
+            if not found:
+                return _Reply(400, text="no_file_data"), params
+            data = found[0]
+        params["length"] = len(data)
+        entry.content = data
+        return _Reply(200, text=f"OK - {len(data)}"), params
+
+    def _files_complete_upload_external(self, params: dict[str, Any]) -> dict[str, Any]:
+        entries = self._completed_entries(params.get("files"))
+        channels = self._share_channels(params)
+        thread_ts = params.get("thread_ts")
+        if thread_ts and len(channels) != 1:
+            raise _SlackError("invalid_arguments", ["[ERROR] thread_ts needs exactly one channel"])
+        comment = params.get("initial_comment")
+        comment = str(comment) if comment not in (None, "") else None
+        for file, _ in entries:
+            file.completed = True
+        public = [self._file_object(file, title, channels) for file, title in entries]
+        for channel in channels:
+            self._share(channel, public, comment, str(thread_ts) if thread_ts else None)
+        for file, title in entries:
+            for channel in channels or [None]:
+                self._uploads.append(
+                    {
+                        "file_id": file.id,
+                        "filename": file.filename,
+                        "title": title,
+                        "bytes": file.content,
+                        "channel": channel,
+                        "initial_comment": comment,
+                    }
+                )
+        return {"files": public}
+
+    def _completed_entries(self, raw: Any) -> list[tuple[_File, str]]:
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise _SlackError(
+                    "invalid_arguments", ["[ERROR] invalid json [json-pointer:/files]"]
+                ) from exc
+        if not isinstance(raw, list) or not raw:
+            raise _SlackError("invalid_arguments", ["[ERROR] missing required field: files"])
+        entries: list[tuple[_File, str]] = []
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise _SlackError("invalid_arguments", ["[ERROR] each file needs an id"])
+            file = self._files.get(item["id"])
+            # Never uploaded, or completed before: Slack has no pending upload by that id.
+            if file is None or file.content is None or file.completed:
+                raise _SlackError("file_not_found")
+            title = item.get("title")
+            entries.append((file, str(title) if title else file.filename))
+        return entries
+
+    def _share_channels(self, params: dict[str, Any]) -> list[str]:
+        wanted: list[str] = []
+        if params.get("channel_id"):
+            wanted.append(str(params["channel_id"]))
+        if params.get("channels"):
+            wanted += [c.strip() for c in str(params["channels"]).split(",") if c.strip()]
+        channels: list[str] = []
+        for raw in wanted:
+            channel = self._resolve_channel(raw)
+            if channel != raw:
+                self._opened.add(channel)  # sharing to a user id opens the DM
+            if not self._known_channel(channel):
+                raise _SlackError("channel_not_found")
+            if channel not in channels:
+                channels.append(channel)
+        return channels
+
+    def _file_object(self, file: _File, title: str, channels: list[str]) -> dict[str, Any]:
+        name = file.filename
+        extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        return {
+            "id": file.id,
+            "created": int(time.time()),
+            "timestamp": int(time.time()),
+            "name": name,
+            "title": title,
+            "mimetype": _MIMETYPES.get(extension, "application/octet-stream"),
+            "filetype": extension or "binary",
+            "user": self.bot_user_id,
+            "size": len(file.content or b""),
+            "is_public": any(not c.startswith(("D", "G")) for c in channels),
+            "channels": [c for c in channels if c.startswith("C")],
+            "ims": [c for c in channels if c.startswith("D")],
+            "groups": [c for c in channels if c.startswith("G")],
+            "url_private": f"{self.base_url}/files/{file.id}/{quote(name)}",
+            "alt_txt": file.alt_txt,
+        }
+
+    def _share(
+        self, channel: str, files: list[dict[str, Any]], comment: str | None, thread_ts: str | None
+    ) -> None:
+        """The message Slack posts where files are shared: the comment with the files."""
+        message: dict[str, Any] = {
+            "type": "message",
+            "channel": channel,
+            "ts": self._next_ts(),
+            "text": comment or "",
+            "blocks": [],
+            "metadata": None,
+            "files": copy.deepcopy(files),
+            "upload": True,
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "team": self.team_id,
+            "bot_profile": self._bot_profile(),
+        }
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+            self._note_reply(channel, thread_ts, message["ts"])
+        self._messages.append(message)
+
+
+_MIMETYPES = {
+    "pdf": "application/pdf",
+    "png": "image/png",
+    "csv": "text/csv",
+    "txt": "text/plain",
+    "json": "application/json",
+}
 
 
 class _RateLimited(Exception):

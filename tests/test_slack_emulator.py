@@ -7,7 +7,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 import httpx
 import pytest
@@ -415,6 +415,171 @@ def test_response_url_records_bodies(emu: SlackEmulator) -> None:
     assert failed.status_code == 500
     assert emu.calls_to("response_url")[-1].params == {"text": "lost"}
     assert emu.responses("r1") == [{"text": "done", "replace_original": True}]
+
+
+# --------------------------------------------------------------------------- file uploads
+
+
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
+
+
+def test_files_upload_v2_runs_the_external_flow_into_a_dm(
+    emu: SlackEmulator, client: WebClient
+) -> None:
+    dm = client.conversations_open(users="U1")["channel"]["id"]
+    done = client.files_upload_v2(
+        channel=dm,
+        content=PDF,
+        filename="INV-1.pdf",
+        title="Invoice INV-1",
+        initial_comment="Your invoice",
+    )
+    assert done["ok"] is True
+    assert done["file"]["name"] == "INV-1.pdf"
+    assert done["file"]["title"] == "Invoice INV-1"
+    assert done["file"]["ims"] == ["DU1"] and done["file"]["size"] == len(PDF)
+    methods = [c.method for c in emu.calls]
+    assert methods == [
+        "conversations.open",
+        "files.getUploadURLExternal",
+        "upload",
+        "files.completeUploadExternal",
+    ]
+    [ask] = emu.calls_to("files.getUploadURLExternal")
+    assert ask.params["filename"] == "INV-1.pdf" and ask.params["length"] == str(len(PDF))
+    assert ask.response is not None
+    file_id = ask.response["file_id"]
+    assert ask.response["upload_url"] == emu.upload_url(file_id)
+    [upload] = emu.calls_to("upload")
+    assert upload.status == 200 and upload.params == {"file_id": file_id, "length": len(PDF)}
+    [complete] = emu.calls_to("files.completeUploadExternal")
+    assert complete.params["channel_id"] == "DU1"
+    assert json.loads(complete.params["files"]) == [{"id": file_id, "title": "Invoice INV-1"}]
+    assert emu.uploads() == [
+        {
+            "file_id": file_id,
+            "filename": "INV-1.pdf",
+            "title": "Invoice INV-1",
+            "bytes": PDF,
+            "channel": "DU1",
+            "initial_comment": "Your invoice",
+        }
+    ]
+    assert emu.uploads("U1") == emu.uploads("DU1") == emu.uploads()
+    [shared] = emu.messages("DU1")
+    assert shared["text"] == "Your invoice" and shared["upload"] is True
+    assert [f["id"] for f in shared["files"]] == [file_id]
+    assert shared["files"][0]["mimetype"] == "application/pdf"
+
+
+def test_several_files_share_one_message_in_a_channel(
+    emu: SlackEmulator, client: WebClient
+) -> None:
+    client.files_upload_v2(
+        channel="C1",
+        file_uploads=[
+            {"filename": "a.png", "content": b"\x89PNG a", "title": "A"},
+            {"filename": "b.csv", "content": "x,y\n1,2\n"},
+        ],
+        initial_comment="Two files",
+    )
+    uploads = emu.uploads("C1")
+    assert [(u["filename"], u["title"], u["bytes"]) for u in uploads] == [
+        ("a.png", "A", b"\x89PNG a"),
+        ("b.csv", "b.csv", b"x,y\n1,2\n"),
+    ]
+    assert len(emu.calls_to("files.getUploadURLExternal")) == 2
+    assert len(emu.calls_to("files.completeUploadExternal")) == 1
+    [shared] = emu.messages("C1")
+    assert [f["name"] for f in shared["files"]] == ["a.png", "b.csv"]
+    assert shared["files"][0]["channels"] == ["C1"] and shared["files"][0]["is_public"]
+
+
+def test_multipart_upload_and_a_file_completed_without_a_channel_stays_private(
+    emu: SlackEmulator, client: WebClient
+) -> None:
+    ticket = client.files_getUploadURLExternal(filename="notes.txt", length=5)
+    posted = httpx.post(ticket["upload_url"], files={"filename": ("notes.txt", b"hello")})
+    assert posted.status_code == 200 and posted.text == "OK - 5"
+    done = client.files_completeUploadExternal(files=[{"id": ticket["file_id"]}])
+    assert done["files"][0]["title"] == "notes.txt"
+    assert emu.uploads() == [
+        {
+            "file_id": ticket["file_id"],
+            "filename": "notes.txt",
+            "title": "notes.txt",
+            "bytes": b"hello",
+            "channel": None,
+            "initial_comment": None,
+        }
+    ]
+    assert emu.messages() == []
+
+
+def test_upload_mistakes_get_slacks_errors(emu: SlackEmulator, client: WebClient) -> None:
+    no_name = api_error(lambda: client.api_call("files.getUploadURLExternal", params={"length": 3}))
+    assert no_name.response["error"] == "invalid_arguments"
+    empty = api_error(lambda: client.files_getUploadURLExternal(filename="x", length=0))
+    assert empty.response["error"] == "missing_argument"
+
+    ticket = client.files_getUploadURLExternal(filename="x.csv", length=3)
+    file_id = ticket["file_id"]
+    early = api_error(lambda: client.files_completeUploadExternal(files=[{"id": file_id}]))
+    assert early.response["error"] == "file_not_found", "nothing was uploaded yet"
+    assert httpx.get(ticket["upload_url"]).status_code == 405
+    assert httpx.post(emu.upload_url("F404"), content=b"abc").status_code == 404
+    assert httpx.post(ticket["upload_url"], content=b"abc").status_code == 200
+
+    nowhere = api_error(
+        lambda: client.files_completeUploadExternal(files=[{"id": file_id}], channel_id="C404")
+    )
+    assert nowhere.response["error"] == "channel_not_found"
+    bad_files = api_error(lambda: client.api_call("files.completeUploadExternal", params={}))
+    assert bad_files.response["error"] == "invalid_arguments"
+    assert emu.uploads() == [], "a refused completion shares nothing"
+
+    client.files_completeUploadExternal(files=[{"id": file_id}], channel_id="C1")
+    again = api_error(
+        lambda: client.files_completeUploadExternal(files=[{"id": file_id}], channel_id="C1")
+    )
+    assert again.response["error"] == "file_not_found"
+    assert httpx.post(ticket["upload_url"], content=b"late").status_code == 404
+    assert len(emu.uploads()) == 1
+    assert emu.errors == []
+
+
+@pytest.mark.parametrize(
+    ("method", "failure"),
+    [
+        ("files.completeUploadExternal", {"error": "internal_error"}),
+        ("files.completeUploadExternal", {"status": 500}),
+        ("files.getUploadURLExternal", {"error": "file_uploads_disabled"}),
+        ("upload", {"status": 500}),
+    ],
+)
+def test_scripted_upload_failures_reach_files_upload_v2(
+    emu: SlackEmulator, client: WebClient, method: str, failure: dict[str, Any]
+) -> None:
+    emu.fail_next(method, **failure)
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - SlackApiError or urllib's HTTPError
+        client.files_upload_v2(channel="C1", content=b"abc", filename="a.txt")
+    assert isinstance(raised.value, (SlackApiError, URLError))
+    if isinstance(raised.value, HTTPError):
+        raised.value.close()  # slack_sdk leaves urllib's failed response open
+    assert emu.uploads() == [] and emu.messages("C1") == []
+    assert emu.calls_to(method)[-1].status == failure.get("status", 200)
+    # The next attempt goes through.
+    client.files_upload_v2(channel="C1", content=b"abc", filename="a.txt")
+    assert [u["bytes"] for u in emu.uploads("C1")] == [b"abc"]
+
+
+def test_reset_forgets_uploads(emu: SlackEmulator, client: WebClient) -> None:
+    client.files_upload_v2(channel="C1", content=b"abc", filename="a.txt")
+    first = emu.uploads()[0]["file_id"]
+    emu.reset()
+    assert emu.uploads() == [] and emu.calls == []
+    client.files_upload_v2(channel="C1", content=b"abc", filename="a.txt")
+    assert emu.uploads()[0]["file_id"] != first, "file ids stay unique across resets"
 
 
 def test_reset_keeps_users_and_channels(emu: SlackEmulator, client: WebClient) -> None:

@@ -25,6 +25,7 @@ from bot.views.base import (
 )
 
 PAY_ACTION = "pay_invoice"
+PDF_ACTION = "invoice_pdf"  # value: the invoice number
 
 
 def invoices_reply(invoices: Sequence[InvoiceView], locale: Locale) -> Reply:
@@ -95,7 +96,7 @@ def totals_rows(inv: InvoiceView, locale: Locale) -> list[str]:
 
 
 def invoice_reply(inv: InvoiceView, locale: Locale, *, payment_url: str | None) -> Reply:
-    """One invoice: its lines by category and project, totals, and Pay while unpaid."""
+    """One invoice: its lines by category and project, totals, Download PDF, Pay while unpaid."""
     facts = (
         f"*{escape(inv.group.name)}* ({key(inv.group.key)}) · {fmt.period(inv.period, locale)}\n"
         f"Invoice date {fmt.day(inv.invoice_date, locale)} · due "
@@ -109,19 +110,17 @@ def invoice_reply(inv: InvoiceView, locale: Locale, *, payment_url: str | None) 
     blocks += [divider(), section("\n".join(totals_rows(inv, locale)))]
     link = payment_link(payment_url, inv.number)
     unpaid = inv.status == "open" and inv.outstanding.amount > 0
+    buttons = [ButtonElement(text="Download PDF", action_id=PDF_ACTION, value=inv.number)]
     if unpaid and link:
-        blocks.append(
-            ActionsBlock(
-                elements=[
-                    ButtonElement(
-                        text=f"Pay {fmt.money(inv.outstanding, locale)}",
-                        url=link,
-                        action_id=PAY_ACTION,
-                        style="primary",
-                    )
-                ]
+        buttons.append(
+            ButtonElement(
+                text=f"Pay {fmt.money(inv.outstanding, locale)}",
+                url=link,
+                action_id=PAY_ACTION,
+                style="primary",
             )
         )
+    blocks.append(ActionsBlock(elements=buttons))
     text = (
         f"Invoice {inv.number} ({escape(inv.group.name)}): total "
         f"{fmt.money(inv.totals.total, locale)}, {inv.status}, outstanding "
@@ -129,7 +128,7 @@ def invoice_reply(inv: InvoiceView, locale: Locale, *, payment_url: str | None) 
     )
     if unpaid and link:
         text += f". Pay: {link}"
-    # Keep the Pay button: when lines are cut, they are cut before the totals and the button.
-    tail = blocks[-2:] if unpaid and link else blocks[-1:]
+    # Keep the buttons: when lines are cut, they are cut before the totals and the buttons.
+    tail = blocks[-2:]
     head = capped(blocks[: len(blocks) - len(tail)], limit=50 - len(tail))
     return Reply(fallback([text]), (*head, *tail))

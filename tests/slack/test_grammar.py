@@ -23,6 +23,10 @@ from bot import commands as c
         ("payments eng", c.Payments("eng")),
         ("credits", c.Credits()),
         ("groups", c.Groups()),
+        ("usage", c.UsageChart()),
+        ("Usage eng", c.UsageChart("eng")),
+        ("export", c.Export()),
+        ("export tokyo", c.Export("tokyo")),
         ("redeem WELCOME10", c.Redeem("WELCOME10")),
         ("redeem welcome10 eng", c.Redeem("welcome10", "eng")),
         ("assign web ops", c.Assign("web", "ops")),
@@ -46,6 +50,17 @@ def test_commands_are_parsed(text: str, command: c.Command) -> None:
         ("assign web", "`assign` needs GROUP.", "Use `/billing assign PROJECT GROUP`."),
         ("owed a b c", "`owed` got more than it takes: `b c`.", "Use `/billing owed [GROUP]`."),
         ("groups x", "`groups` takes no arguments.", "Use `/billing groups`."),
+        ("usge", "I don't know the subcommand `usge`.", "Did you mean `/billing usage [GROUP]`?"),
+        (
+            "exprt eng",
+            "I don't know the subcommand `exprt`.",
+            "Did you mean `/billing export [GROUP]`?",
+        ),
+        (
+            "export eng ops",
+            "`export` got more than it takes: `ops`.",
+            "Use `/billing export [GROUP]`.",
+        ),
         (
             "redeem <!here>",
             "`‹!here›` is not a valid code: use letters, digits, '-', '_' or '.' (at most 64).",
@@ -101,7 +116,9 @@ def test_every_subcommand_is_in_help_and_admin_ones_are_marked() -> None:
         "payments",
         "credits",
         "groups",
+        "usage",
+        "export",
         "redeem",
         "assign",
     ]
-    assert c.ADMIN_COMMANDS == {"redeem", "assign"}
+    assert c.ADMIN_COMMANDS == {"export", "redeem", "assign"}
