@@ -26,7 +26,6 @@ from billing_core.money import FloatLiteral
 from billing_core.services import BillingService
 from billing_core.settings import Settings
 from bot import openapi
-from bot.documents.pdf import render_invoice_pdf
 from bot.format import parse_locale
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,8 @@ def api_routes(settings: Settings, service: BillingService) -> list[BaseRoute]:
         return JSONResponse(documents)
 
     async def get_invoice_pdf(request: Request) -> Response:
+        from bot.documents.pdf import render_invoice_pdf  # noqa: PLC0415 - heavy, rarely used
+
         number = request.path_params["number"]
         invoice = await run_in_threadpool(service.invoice_by_number, number)
         locale = (

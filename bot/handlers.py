@@ -23,8 +23,6 @@ from billing_core.model import Actor
 from billing_core.services import BillingService, Change
 from bot import commands as c
 from bot import views
-from bot.documents.chart import render_usage_chart
-from bot.documents.pdf import render_invoice_pdf
 from bot.format import parse_locale
 from bot.views.admin import CANCEL_ACTION, CONFIRM_ACTION
 from bot.views.invoices import PDF_ACTION
@@ -210,6 +208,8 @@ class Handlers:
         )
 
     def _usage(self, actor: Actor, group: str | None, locale: Locale, now: datetime) -> Outcome:
+        from bot.documents.chart import render_usage_chart  # noqa: PLC0415 - matplotlib/fpdf cost ~2 s at start-up
+
         dailies = self.service.daily_charges(actor, group_key=group, at=now)
         uploads = tuple(
             views.Upload(
@@ -279,6 +279,8 @@ class Handlers:
         return Outcome(views.change_done(change), change)
 
     def _invoice_pdf(self, asker: Asker, number: str) -> Outcome:
+        from bot.documents.pdf import render_invoice_pdf  # noqa: PLC0415 - matplotlib/fpdf cost ~2 s at start-up
+
         if not c.INVOICE_NUMBER.fullmatch(number):
             raise InvalidInput("That button does not carry an invoice number; nothing was sent.")
         # Rights are checked again at the click: the button may have been forwarded, or the
