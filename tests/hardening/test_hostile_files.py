@@ -348,6 +348,7 @@ def test_the_api_answers_any_json_body_without_a_5xx(
     assert again["accepted"] == 0  # nothing counts twice
 
 
+@sqlite_only
 def test_the_api_refuses_bad_tokens_and_oversized_bodies_before_any_work(
     api: httpx.Client, loaded: BillingService
 ) -> None:

@@ -34,7 +34,7 @@ MORNINGS = 53  # to December 23rd: every step of both invoices comes due
 PAID_ON = berlin("2026-11-16T12:00:00+01:00")  # the first invoice, a day after its due date
 
 
-def emulator() -> SlackEmulator:
+def new_emulator() -> SlackEmulator:
     emu = SlackEmulator(bot_token=TOKEN).start()
     emu.add_user(USER, locale="de-DE", tz="Europe/Berlin")
     for channel in (CHANNEL, AUDIT):
@@ -103,7 +103,7 @@ def healthy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Counter[
     """What a fault-free Slack receives over the same mornings."""
     (tmp_path / "reference").mkdir()
     url = new_database_url("sqlite", request, tmp_path / "reference")
-    service, emu = world(url), emulator()
+    service, emu = world(url), new_emulator()
     try:
         live_through(service, settings_for(url, emu), retry=False)
         yield Counter(keys(emu, f"D{USER}") + keys(emu, CHANNEL))
@@ -115,7 +115,7 @@ def healthy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Counter[
 def test_every_reminder_is_delivered_exactly_once_through_random_slack_failures(
     db_url: str, healthy: Counter[str]
 ) -> None:
-    service, emu = world(db_url), emulator()
+    service, emu = world(db_url), new_emulator()
     try:
         emu.set_random_faults(seed=SEED, rate=FAULT_RATE)
         runs = live_through(service, settings_for(db_url, emu), retry=True)
