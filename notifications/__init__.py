@@ -27,8 +27,15 @@ Decisions where the specification is silent:
   doubling, at most 30 min); ``ok:false`` errors that cannot succeed fail at once; after 8
   tries the row fails. A failed row is written to the audit log and, with AUDIT_CHANNEL, a
   report is posted there through the outbox itself (so it is retried and sent once too). A
-  run stops early on a 429, a token error or three transient failures in a row, leaving the
-  rest to the next run; a run never sleeps.
+  run stops early on a token error or three transient failures in a row, leaving the rest to
+  the next run.
+* **Sending.** A run sweeps the due rows in id order with a cursor, in batches (claimed in one
+  transaction, recorded in one), posted by a few threads, one recipient per thread at a time,
+  so a contact's messages go out in the order they were planned. A 429 holds only its
+  conversation for Retry-After (its other rows are given back untried) while the run goes on
+  with the others; the run then sleeps until holds end, if each is at most 10 s and ends
+  within 2 minutes of the run's start, and sweeps again. Longer waits are left to a later
+  run.
 * **Exactly once.** A row is ``sending`` while in flight, with a 10-minute lease. A timeout
   or dropped connection during the post, or a process that died, leaves it ``sending``; the
   next try first reads the conversation's recent history (up to 1,000 messages) for the

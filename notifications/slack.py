@@ -89,23 +89,28 @@ def classify(exc: SlackApiError, *, in_doubt: bool) -> Failed:
 
 
 def stop_reason(outcome: Outcome) -> str | None:
-    """Why the other rows of this run should wait for a later run (rate limit, bad token)."""
-    if not isinstance(outcome, Failed):
+    """Why the other rows of this run should wait for a later run (a refused bot token).
+
+    A 429 does not stop the run: only its recipient waits for Retry-After (see jobs)."""
+    if not isinstance(outcome, Failed) or outcome.retry_after is not None:
         return None
-    if outcome.retry_after is not None:
-        return f"Slack asked to wait: {outcome.error}"
     if outcome.error in CONFIG_ERRORS:
         return f"Slack refused the bot token: {outcome.error}"
     return None
 
 
 class Deliverer:
-    """Posts outbox rows through one WebClient; caches user locales for one run."""
+    """Posts outbox rows through one WebClient; caches user locales and DMs for one run.
+
+    Several threads may deliver at once: the WebClient makes each call its own HTTP request,
+    and the caches only ever gain entries (a race costs one extra look-up at worst).
+    """
 
     def __init__(self, client: WebClient | None, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self._locales: dict[str, Locale | None] = {}
+        self._dms: dict[str, str] = {}
 
     @property
     def api(self) -> WebClient:
@@ -152,8 +157,10 @@ class Deliverer:
         kind, _, ident = recipient.partition(":")
         if kind != "user":
             return ident
-        response = self.api.conversations_open(users=ident)
-        return str(response["channel"]["id"])
+        if ident not in self._dms:
+            response = self.api.conversations_open(users=ident)
+            self._dms[ident] = str(response["channel"]["id"])
+        return self._dms[ident]
 
     def find_posted(self, channel: str, key: str) -> str | None:
         """The ts of a message in ``channel`` whose metadata carries ``key``, if any."""

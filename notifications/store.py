@@ -44,6 +44,8 @@ BACKOFF_MAX = timedelta(minutes=30)
 # pg_advisory_xact_lock key serializing planners (any constant unique to this use).
 PLAN_LOCK_KEY = 0x62696C6C_706C616E  # "billplan"
 ERROR_CHARS = 500
+THROTTLED_PER_BATCH = 1  # the sender spaces a rate-limited recipient's posts anyway
+PLAN_CHUNK = 500  # new outbox rows per INSERT (11 parameters each)
 
 
 def recipient_of(contact: t.Contact) -> str:
@@ -145,23 +147,34 @@ def _known_rows(
 
 def apply_plan(session: Session, actions: Iterable[Action], *, now: datetime) -> None:
     """Write a plan: new rows (a row that exists already is left alone), dropped rows."""
+    new: list[dict[str, object]] = []
     for action in actions:
         if isinstance(action, NewRow):
             done = action.state != "pending"
-            _add_row(
-                session,
-                invoice_id=action.invoice_id,
-                step=action.step,
-                recipient=action.recipient,
-                state=action.state,
-                due_at=action.due_at,
-                next_attempt_at=None if done else now,
-                note=action.note,
-                now=now,
-                finished_at=now if done else None,
+            new.append(
+                {
+                    "invoice_id": action.invoice_id,
+                    "step": action.step,
+                    "recipient": action.recipient,
+                    "state": action.state,
+                    "due_at": action.due_at,
+                    "next_attempt_at": None if done else now,
+                    "note": action.note,
+                    "finished_at": now if done else None,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
             )
         else:
             _skip(session, action.row_id, action.note, now=now)
+    for start in range(0, len(new), PLAN_CHUNK):  # one INSERT per chunk, not one per row
+        insert = ledger.dialect_insert(session, t.OutboxMessage).values(
+            new[start : start + PLAN_CHUNK]
+        )
+        session.execute(
+            insert.on_conflict_do_nothing(index_elements=["invoice_id", "step", "recipient"])
+        )
 
 
 def _add_row(session: Session, *, now: datetime, **values: object) -> None:
@@ -299,51 +312,111 @@ class Settled:
     detail: str | None = None
 
 
-def claim_next(
-    session: Session, *, now: datetime, exclude: Collection[int]
-) -> Claim | Settled | None:
-    """Take the next due row for this process (committed by the caller before posting).
+def claim_batch(
+    session: Session,
+    *,
+    now: datetime,
+    after: int,
+    limit: int,
+    skip_recipients: Collection[str] = (),
+    throttled: Collection[str] = (),
+    only_recipients: Collection[str] = (),
+) -> tuple[list[Claim | Settled], int | None, bool]:
+    """Take up to ``limit`` due rows with ids above ``after`` (the caller commits, then posts).
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets concurrent senders take different rows;
-    SQLite: the engine's BEGIN IMMEDIATE lets one writer in at a time.
+    Rows come in id order, so a run sweeps the due rows with a cursor (``after`` = the last id
+    returned, the second element; None when nothing was left) instead of listing what it has
+    handled, and a recipient's rows come in the order they were planned. ``skip_recipients``
+    (recipients Slack asked to wait) are left alone, and of a ``throttled`` recipient (one
+    Slack rate-limited earlier) at most THROTTLED_PER_BATCH rows are taken: the third element
+    says whether rows were left for another sweep that way. ``only_recipients``, if given,
+    limits the claim to those recipients. PostgreSQL: ``FOR UPDATE SKIP LOCKED``
+    lets concurrent senders take different rows; SQLite: the engine's BEGIN IMMEDIATE lets one
+    writer in at a time.
     """
-    row = session.scalars(
-        select(t.OutboxMessage)
-        .where(
-            t.OutboxMessage.state.in_(("pending", "sending")),
-            t.OutboxMessage.next_attempt_at <= now,
-            t.OutboxMessage.id.not_in(exclude),
-        )
-        .order_by(t.OutboxMessage.next_attempt_at, t.OutboxMessage.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).one_or_none()
-    if row is None:
-        return None
-    message = message_of(session, row, now=now)
-    reason = _not_wanted(session, row) if row.state == "pending" else None
-    if reason is not None:
-        _skip(session, row.id, reason, now=now)
-        return Settled(message.key, "skipped", reason)
-    in_doubt = row.state == "sending"
-    row.state = "sending"
-    row.attempts += 1
-    row.next_attempt_at = now + LEASE
-    row.updated_at = now
-    return Claim(message, row.attempts, in_doubt)
+    query = select(t.OutboxMessage).where(
+        t.OutboxMessage.state.in_(("pending", "sending")),
+        t.OutboxMessage.next_attempt_at <= now,
+        t.OutboxMessage.id > after,
+    )
+    if skip_recipients:
+        query = query.where(t.OutboxMessage.recipient.not_in(sorted(skip_recipients)))
+    if only_recipients:
+        query = query.where(t.OutboxMessage.recipient.in_(sorted(only_recipients)))
+    rows = session.scalars(
+        query.order_by(t.OutboxMessage.id).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return [], None, False
+    last = rows[-1].id
+    counts: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        if row.recipient in throttled:
+            counts[row.recipient] = counts.get(row.recipient, 0) + 1
+            if counts[row.recipient] > THROTTLED_PER_BATCH:
+                continue  # locked until this transaction ends, untouched
+        kept.append(row)
+    contacts, loaded = _preload(session, kept)
+    taken: list[Claim | Settled] = []
+    for row in kept:
+        message = message_of(session, row, now=now)
+        reason = _not_wanted(session, row, contacts) if row.state == "pending" else None
+        if reason is not None:
+            _skip(session, row.id, reason, now=now)
+            taken.append(Settled(message.key, "skipped", reason))
+            continue
+        in_doubt = row.state == "sending"
+        row.state = "sending"
+        row.attempts += 1
+        row.next_attempt_at = now + LEASE
+        row.updated_at = now
+        taken.append(Claim(message, row.attempts, in_doubt))
+    del loaded
+    return taken, last, len(kept) < len(rows)
 
 
-def _not_wanted(session: Session, row: t.OutboxMessage) -> str | None:
+def _preload(
+    session: Session, rows: Sequence[t.OutboxMessage]
+) -> tuple[dict[int, set[str]], list[object]]:
+    """Load the rows' invoices, organizations and groups in a few queries, so ``message_of``
+    finds them in the session (which holds them only while the returned list lives); also
+    each group's contacts as recipients."""
+    invoices = session.scalars(
+        select(t.Invoice).where(t.Invoice.id.in_(sorted({r.invoice_id for r in rows})))
+    ).all()
+    group_ids = sorted({i.billing_group_id for i in invoices})
+    org_ids = sorted({i.organization_id for i in invoices})
+    loaded: list[object] = [*invoices]
+    loaded += session.scalars(select(t.Organization).where(t.Organization.id.in_(org_ids))).all()
+    loaded += session.scalars(select(t.BillingGroup).where(t.BillingGroup.id.in_(group_ids))).all()
+    contacts: dict[int, set[str]] = {group_id: set() for group_id in group_ids}
+    for contact in session.scalars(
+        select(t.Contact).where(t.Contact.billing_group_id.in_(group_ids))
+    ):
+        contacts[contact.billing_group_id].add(recipient_of(contact))
+    return contacts, loaded
+
+
+def _not_wanted(
+    session: Session, row: t.OutboxMessage, contacts: dict[int, set[str]] | None = None
+) -> str | None:
     """Why a pending row should not go out after all (a payment or a contact change raced)."""
     if is_alert(row.step):
         return None
     invoice = session.get_one(t.Invoice, row.invoice_id)
     if is_reminder(row.step) and invoice.status != "open":
         return "invoice paid"
-    contacts = session.scalars(
-        select(t.Contact).where(t.Contact.billing_group_id == invoice.billing_group_id)
-    )
-    if row.recipient not in {recipient_of(c) for c in contacts}:
+    if contacts is not None and invoice.billing_group_id in contacts:
+        recipients = contacts[invoice.billing_group_id]
+    else:
+        recipients = {
+            recipient_of(c)
+            for c in session.scalars(
+                select(t.Contact).where(t.Contact.billing_group_id == invoice.billing_group_id)
+            )
+        }
+    if row.recipient not in recipients:
         return "no longer a billing contact"
     return None
 
@@ -377,16 +450,73 @@ def record(
     audit_channel: str | None,
 ) -> Settled:
     """Store what happened to a claimed row; a row given up on is reported."""
-    message = claim.message
-    row = session.scalars(
-        select(t.OutboxMessage)
-        .where(
-            t.OutboxMessage.id == message.row_id,
-            t.OutboxMessage.state == "sending",
-            t.OutboxMessage.attempts == claim.attempts,
+    [settled] = record_all(session, [(claim, outcome)], now=now, audit_channel=audit_channel)
+    return settled
+
+
+def record_all(
+    session: Session,
+    tries: Sequence[tuple[Claim, Outcome]],
+    *,
+    now: datetime,
+    audit_channel: str | None,
+) -> list[Settled]:
+    """Store what happened to claimed rows (one transaction for a batch), in order."""
+    rows = _own_rows(session, [claim for claim, _ in tries])
+    return [
+        _record_one(
+            session,
+            rows.get(claim.message.row_id),
+            claim,
+            outcome,
+            now=now,
+            audit_channel=audit_channel,
         )
+        for claim, outcome in tries
+    ]
+
+
+def release(session: Session, untried: Sequence[tuple[Claim, datetime]], *, now: datetime) -> None:
+    """Give back claimed rows that were not tried (their recipient was asked to wait, or the
+    run stopped): the attempt is uncounted and each row is due again at its given time."""
+    rows = _own_rows(session, [claim for claim, _ in untried])
+    for claim, due in untried:
+        row = rows.get(claim.message.row_id)
+        if row is None:
+            continue
+        row.attempts -= 1
+        row.state = "sending" if claim.in_doubt else "pending"
+        row.next_attempt_at = due
+        row.updated_at = now
+
+
+def _own_rows(session: Session, claims: Sequence[Claim]) -> dict[int, t.OutboxMessage]:
+    """The claimed rows still ours: ``sending`` with the attempt we counted (a row whose lease
+    ran out may have been taken over by another process)."""
+    if not claims:
+        return {}
+    wanted = {claim.message.row_id: claim.attempts for claim in claims}
+    rows = session.scalars(
+        select(t.OutboxMessage)
+        .where(t.OutboxMessage.id.in_(sorted(wanted)))
+        .order_by(t.OutboxMessage.id)
         .with_for_update()
-    ).one_or_none()
+    ).all()
+    return {
+        row.id: row for row in rows if row.state == "sending" and row.attempts == wanted[row.id]
+    }
+
+
+def _record_one(
+    session: Session,
+    row: t.OutboxMessage | None,
+    claim: Claim,
+    outcome: Outcome,
+    *,
+    now: datetime,
+    audit_channel: str | None,
+) -> Settled:
+    message = claim.message
     if row is None:  # our lease ran out and another process took the row over
         return Settled(message.key, "sending", "taken over by another process")
     row.updated_at = now

@@ -236,6 +236,9 @@ def _validate_blocks(blocks: Any, limit: int, pointer: str = "/blocks") -> list[
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # joined by server_close() all the same (block_on_close)
+    # socketserver's default backlog is 5: concurrent senders then see refused connects and
+    # retry after a second, which is the emulator's doing, not Slack's.
+    request_queue_size = 128
 
     def __init__(self, emulator: SlackEmulator) -> None:
         self.emulator = emulator

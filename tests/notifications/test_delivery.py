@@ -116,11 +116,8 @@ def test_a_killed_claim_is_sent_after_the_lease_when_the_post_never_happened(
 ) -> None:
     emu.fail_next("chat.postMessage", drop_connection=True)
     report = remind(billed, settings, ISSUED_AT)  # the dropped post leaves one row in doubt
-    assert (
-        len(report.retrying) == 1
-        and report.retrying[0].key == f"INV-2026-000001/issued/user:{USER}"
-    )
-    assert "sending" in states(billed).values()
+    [doubt] = report.retrying  # whichever of the two posts came first (they go out at once)
+    assert doubt.key in NOTICES and states(billed)[doubt.key] == "sending"
     until_settled(billed, settings, ISSUED_AT, step=timedelta(minutes=1))
     assert delivered(emu) == Counter(list(NOTICES))
 
@@ -133,7 +130,8 @@ def test_rate_limits_and_server_errors_are_retried_until_each_contact_has_one_me
     emu.fail_next("chat.postMessage", status=500, times=2)
     emu.fail_next("chat.postMessage", status=503)
     report = remind(billed, settings, ISSUED_AT)
-    assert report.sent == [] and report.stopped is not None  # a 429 pauses the whole run
+    # The 429 holds only its channel; Retry-After 20 s is longer than a run waits.
+    assert report.sent == [] and report.stopped is None
     with billed.db.transaction() as session:
         rows = {
             r.recipient: (r.state, r.attempts, r.next_attempt_at)
@@ -159,18 +157,18 @@ def test_retry_after_is_honoured(
 ) -> None:
     emu.fail_next("chat.postMessage", status=429, retry_after=45)
     report = remind(billed, settings, ISSUED_AT)
-    assert report.stopped is not None  # the rest of the run waits for the next one
+    # Only the rate-limited conversation waits; the other message goes out in the same run.
+    assert report.stopped is None
     [limited] = [s.key for s in report.retrying]
+    assert [s.key for s in report.sent] == [k for k in NOTICES if k != limited]
     with billed.db.transaction() as session:
         rows = session.scalars(select(t.OutboxMessage).order_by(t.OutboxMessage.id)).all()
         by_state = {(r.state, r.attempts, r.next_attempt_at) for r in rows}
-    # The rate-limited try is given back; the row waits exactly Retry-After.
-    assert by_state == {
-        ("pending", 0, ISSUED_AT + timedelta(seconds=45)),
-        ("pending", 0, ISSUED_AT),
-    }
+    # The rate-limited try is given back; the row waits exactly Retry-After (longer than a run
+    # waits for a conversation, so it is left to a later run).
+    assert by_state == {("pending", 0, ISSUED_AT + timedelta(seconds=45)), ("sent", 1, None)}
     report = remind(billed, settings, ISSUED_AT + timedelta(seconds=44))
-    assert [s.key for s in report.sent] == [k for k in NOTICES if k != limited]
+    assert report.sent == []
     report = remind(billed, settings, ISSUED_AT + timedelta(seconds=45))
     assert [s.key for s in report.sent] == [limited]
     assert delivered(emu) == Counter(list(NOTICES))
