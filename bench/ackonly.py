@@ -1,7 +1,8 @@
 """The HTTP latency floor: a Bolt app whose /billing handler only acks, served like ``serve``.
 
 Same Bolt settings as bot.app (signing secret, single bot token, process_before_response),
-the same Starlette endpoints from bot.server (dispatch in the thread pool) and the same
+the same Starlette endpoints from bot.server (the same door: signature, replay record in
+DATABASE_URL's ``seen_slack_requests``, payload shape; dispatch in the thread pool) and the same
 ``uvicorn.run`` call as ``billing-bot serve``. Only the work behind the ack is missing.
 
     python -m bench.ackonly --port 3100   (reads SLACK_* from the environment)
@@ -22,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.server import SlackEndpoints
+from bot.replay import SeenRequests
+from bot.server import LazyWork, SlackEndpoints
 
 
 def create_app() -> Starlette:
@@ -37,7 +39,12 @@ def create_app() -> Starlette:
         ack()
 
     bolt.command(os.environ.get("SLACK_COMMAND", "/billing"))(ack_only)
-    slack = SlackEndpoints(bolt)
+    slack = SlackEndpoints(
+        bolt,
+        signing_secret=os.environ["SLACK_SIGNING_SECRET"],
+        seen=SeenRequests.for_url(os.environ["DATABASE_URL"]),
+        work=LazyWork(),
+    )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})

@@ -90,11 +90,17 @@ class Settings:
 
     def check(self) -> None:
         from babel import Locale, UnknownLocaleError  # noqa: PLC0415
+        from sqlalchemy.engine import make_url  # noqa: PLC0415
+        from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
 
-        if "://" not in self.database_url:
+        try:
+            make_url(self.database_url)
+        except (ArgumentError, ValueError) as exc:
+            # ValueError: a port that is not a number; neither message may echo the URL.
+            why = "a port that is not a number" if isinstance(exc, ValueError) else "unparsable"
             raise InvalidInput(
-                f"DATABASE_URL is not a SQLAlchemy URL: {mask_url(self.database_url)!r}"
-            )
+                f"DATABASE_URL is not a SQLAlchemy URL ({why}): {mask_url(self.database_url)!r}"
+            ) from None
         if not self.slack_api_url.startswith(("http://", "https://")):
             raise InvalidInput("SLACK_API_URL must be an http(s) URL")
         if not self.slack_command.startswith("/") or " " in self.slack_command:
@@ -122,9 +128,15 @@ class Settings:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
+    """The URL with any password replaced, for logs and messages.
+
+    A string without ``://`` is not a URL one can split reliably: everything before its last
+    ``@`` (where user and password would be) is masked.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
+        return "***@" + url.rpartition("@")[2] if "@" in url else url
+    if "@" not in rest:
         return url
     credentials, at, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]

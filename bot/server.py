@@ -8,9 +8,12 @@ others (or /healthz).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from slack_bolt import App, BoltResponse
 from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
@@ -24,26 +27,111 @@ from billing_core.services import BillingService
 from billing_core.settings import Settings
 from bot.app import build_app
 from bot.handlers import Clock
+from bot.replay import SeenRequests, malformed, verify
 
 log = logging.getLogger("billing_bot.server")
 
 MAX_BODY = 1024 * 1024  # Slack's payloads are a few kilobytes
+T = TypeVar("T")
 Stop = Callable[[], None]
 Start = Callable[[], Stop]
 
 
-class SlackEndpoints:
-    """Starlette endpoints around one Bolt app."""
+MAX_IN_FLIGHT = 256  # Slack requests whose lazy work is queued or running (~10 KB each)
+BUSY_WAIT = 2.5  # seconds a request may wait for room before it is turned away (ack by 3 s)
+BUSY_TEXT = "The billing bot is busy right now; please try again in a minute."
 
-    def __init__(self, bolt: App) -> None:
+
+class LazyWork(ThreadPoolExecutor):
+    """The lazy listeners' pool, with a bound on the work in it.
+
+    Slack gets its ack before the answer is worked out; when requests arrive faster than
+    answers, an unbounded queue grows (each job holds a copy of its request), and the memory
+    it took is not given back. So a request first waits for room (``room``): the ack slows
+    down, which slows the sender, and past BUSY_WAIT the request is turned away with a clear
+    answer instead of queued without end.
+    """
+
+    def __init__(self, *, workers: int = 16, in_flight: int | None = None) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="billing-slack")
+        self.in_flight = MAX_IN_FLIGHT if in_flight is None else in_flight
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._changed:
+            self._count += 1
+
+        def run() -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._changed:
+                    self._count -= 1
+                    self._changed.notify_all()
+
+        try:
+            return super().submit(run)
+        except BaseException:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+            raise
+
+    def room(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until fewer than ``in_flight`` jobs are in the pool."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count < self.in_flight, timeout)
+
+
+class SlackEndpoints:
+    """Starlette endpoints around one Bolt app.
+
+    ``events`` refuses, before any work: a body over MAX_BODY (413), an unsigned, badly signed
+    or stale request (401), an exact replay of one already taken (401), and a signed body that
+    is not a Slack payload (400). See ``bot.replay``.
+    """
+
+    def __init__(
+        self, bolt: App, *, signing_secret: str, seen: SeenRequests, work: LazyWork
+    ) -> None:
         self.bolt = bolt
+        self.signing_secret = signing_secret
+        self.seen = seen
+        self.work = work
 
     async def events(self, request: Request) -> Response:
         body = await _read_body(request)
         if body is None:
             return PlainTextResponse("payload too large", status_code=413)
-        bolt_request = to_bolt_request(request, body)
-        bolt_response: BoltResponse = await run_in_threadpool(self.bolt.dispatch, bolt_request)
+        timestamp = request.headers.get("x-slack-request-timestamp")
+        signature = request.headers.get("x-slack-signature")
+        refusal = verify(self.signing_secret, body, timestamp, signature, now=datetime.now(UTC))
+        if refusal is not None:
+            log.info("slack request refused: %s", refusal.reason)
+            return PlainTextResponse("invalid request", status_code=refusal.status)
+        why = malformed(body, request.headers.get("content-type"))
+        if why is not None:
+            log.info("slack request refused: %s", why)
+            return PlainTextResponse("malformed payload", status_code=400)
+        assert timestamp is not None and signature is not None  # noqa: S101 - verified above
+        return await run_in_threadpool(self._take, request, body, timestamp, signature)
+
+    def _take(self, request: Request, body: bytes, timestamp: str, signature: str) -> Response:
+        if not self.seen.first_time(signature, timestamp):
+            log.info("slack request refused: a replay")
+            return PlainTextResponse("invalid request", status_code=401)
+        try:
+            bolt_request = to_bolt_request(request, body)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError):
+            log.info("slack request refused: Bolt cannot read the payload")
+            return PlainTextResponse("malformed payload", status_code=400)
+        if not self.work.room(BUSY_WAIT):
+            log.warning("slack request turned away: %d requests in flight", self.work.in_flight)
+            if bolt_request.body.get("command"):  # a slash command: the ack is the answer
+                return JSONResponse({"response_type": "ephemeral", "text": BUSY_TEXT})
+            return PlainTextResponse("busy", status_code=503)  # events: Slack retries them
+        bolt_response: BoltResponse = self.bolt.dispatch(bolt_request)
         return to_starlette_response(bolt_response)
 
     async def install(self, request: Request) -> Response:
@@ -85,9 +173,12 @@ def create_app(
 
     ``background`` are started with the server and stopped with it (the scheduler).
     """
-    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="billing-slack")
+    executor = LazyWork()
     bolt = build_app(settings, service, clock=clock, executor=executor)
-    slack = SlackEndpoints(bolt)
+    seen = SeenRequests.for_url(service.db.url)
+    slack = SlackEndpoints(
+        bolt, signing_secret=settings.slack_signing_secret or "", seen=seen, work=executor
+    )
 
     async def healthz(request: Request) -> Response:
         ok = await run_in_threadpool(_database_answers, service)
@@ -115,6 +206,7 @@ def create_app(
                 await run_in_threadpool(stop)
             # Let lazy listeners finish their answers before the process (or test) goes on.
             await run_in_threadpool(executor.shutdown, True)
+            seen.close()
 
     return Starlette(routes=all_routes, lifespan=lifespan)
 

@@ -372,3 +372,17 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class SeenSlackRequest(Base):
+    """A signed Slack request already taken, kept while its signature is still fresh.
+
+    Slack signs ``v0:{timestamp}:{body}``; a request is accepted for five minutes after its
+    timestamp, so an exact copy sent again inside that window would pass the signature check.
+    The signature's row makes the second copy a replay, refused before any work, on every
+    replica (they share only the database).
+    """
+
+    __tablename__ = "seen_slack_requests"
+    signature: Mapped[str] = mapped_column(String(80), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

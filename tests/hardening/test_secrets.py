@@ -236,25 +236,12 @@ def test_no_secret_appears_in_any_log_or_message(
     assert not leaks(outputs), "\n".join(leaks(outputs))[:2000]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="billing_core.settings.mask_url only masks URLs that contain '://': a DATABASE_URL "
-    "with a typo such as 'postgresql//user:PASSWORD@host/db' is refused with the message "
-    "\"DATABASE_URL is not a SQLAlchemy URL: '...'\" that prints the password in full",
-)
 def test_a_mistyped_database_url_does_not_print_its_password(zygote: Zygote) -> None:
     code, out, err = zygote.run(f"postgresql//postgres:{DB_PASSWORD}@127.0.0.1/x", "check")
     assert code == 1
     assert not leaks([out, err]), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a DATABASE_URL whose port is not a number ('...@127.0.0.1:notaport/db') ends "
-    "`billing-bot` with a ValueError traceback from SQLAlchemy's URL parsing instead of a "
-    "one-line reason naming DATABASE_URL (SPEC 2: a malformed value fails with a message "
-    "naming the variable)",
-)
 def test_a_database_url_with_a_bad_port_fails_with_one_line(zygote: Zygote) -> None:
     url = f"postgresql+psycopg://postgres:{DB_PASSWORD}@127.0.0.1:notaport/x"
     code, _, err = zygote.run(url, "check")
