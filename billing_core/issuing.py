@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing_core.db import tables as t
@@ -90,6 +90,7 @@ def last_close_end(session: Session, group_id: int) -> datetime | None:
 
 
 Aggregates = dict[str, dict[int, Decimal]]  # metric -> project id -> quantity
+LateEvents = dict[str, dict[int, list[Decimal]]]  # metric -> project id -> late quantities
 
 
 def _aggregate(session: Session, ctx: GroupContext, where: ColumnElement[bool]) -> Aggregates:
@@ -105,12 +106,12 @@ def _aggregate(session: Session, ctx: GroupContext, where: ColumnElement[bool]) 
     ).all()
     result: Aggregates = defaultdict(dict)
     for metric, project_id, total, peak in rows:
-        price = _price(ctx, metric)
+        price = price_of(ctx, metric)
         result[metric][project_id] = peak if price.aggregation == "max" else total
     return result
 
 
-def _price(ctx: GroupContext, metric: str) -> MetricPrice:
+def price_of(ctx: GroupContext, metric: str) -> MetricPrice:
     price = ctx.prices.get(metric)
     if price is None:
         raise BillingError(
@@ -145,6 +146,26 @@ def _period_range(ctx: GroupContext, period: Period) -> ColumnElement[bool]:
     return and_(t.UsageEvent.ts >= period.start, before_end)
 
 
+def current_lines(
+    session: Session, ctx: GroupContext, period: Period, current: Aggregates
+) -> list[Line]:
+    """The subscription and the usage lines of ``period`` itself, from its aggregates."""
+    currency = ctx.group.currency
+    lines: list[Line] = []
+    if ctx.plan is not None and ctx.schedule.is_subscribed(period):
+        lines.append(subscription_line(ctx.plan.name, Money(ctx.plan.monthly_fee, currency)))
+    for metric in sorted(current, key=lambda m: (price_of(ctx, m).category, m)):
+        lines.append(
+            rate_usage(
+                price_of(ctx, metric),
+                _named(session, ctx, current[metric]),
+                included=ctx.included(period, metric),
+                currency=currency,
+            )
+        )
+    return lines
+
+
 def rate_period(
     session: Session,
     ctx: GroupContext,
@@ -155,20 +176,9 @@ def rate_period(
 ) -> list[Line]:
     """The lines for ``period``: its subscription, its usage, and usage of earlier periods
     that arrived after those were invoiced (``new`` selects the events not yet billed)."""
-    group, currency = ctx.group, ctx.group.currency
-    lines: list[Line] = []
-    if ctx.plan is not None and ctx.schedule.is_subscribed(period):
-        lines.append(subscription_line(ctx.plan.name, Money(ctx.plan.monthly_fee, currency)))
+    group = ctx.group
     current = _aggregate(session, ctx, and_(new, _period_range(ctx, period)))
-    for metric in sorted(current, key=lambda m: (_price(ctx, m).category, m)):
-        lines.append(
-            rate_usage(
-                _price(ctx, metric),
-                _named(session, ctx, current[metric]),
-                included=ctx.included(period, metric),
-                currency=currency,
-            )
-        )
+    lines = current_lines(session, ctx, period, current)
     if period.start == group.created_at:
         return lines
     late_rows = session.execute(
@@ -176,9 +186,7 @@ def rate_period(
             t.UsageEvent.metric, t.UsageEvent.project_id, t.UsageEvent.quantity, t.UsageEvent.ts
         ).where(new, t.UsageEvent.ts < period.start)
     ).all()
-    late: dict[Period, dict[str, dict[int, list[Decimal]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list))
-    )
+    late: dict[Period, LateEvents] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for metric, project_id, quantity, ts in late_rows:
         late[ctx.schedule.containing(ts)][metric][project_id].append(quantity)
     for late_period in sorted(late, key=lambda p: p.start):
@@ -197,48 +205,68 @@ def rate_period(
                 t.UsageEvent.metric.in_(late[late_period]),
             ),
         )
-        by_metric = late[late_period]
-        for metric in sorted(by_metric, key=lambda m: (_price(ctx, m).category, m)):
-            price = _price(ctx, metric)
-            before = billed.get(metric, {})
-            after = dict(before)
-            for project_id, quantities in by_metric[metric].items():
-                extra = max(quantities) if price.aggregation == "max" else sum(quantities, ZERO)
-                known = before.get(project_id)
-                if known is None:
-                    after[project_id] = extra
-                elif price.aggregation == "max":
-                    after[project_id] = max(known, extra)
-                else:
-                    after[project_id] = known + extra
-            line = rate_late_usage(
-                price,
-                billed=_named(session, ctx, before) if before else {},
-                now_known=_named(session, ctx, after),
-                included=ctx.included(late_period, metric),
-                currency=currency,
-                period=late_period,
-            )
-            if line is not None:
-                lines.append(line)
+        lines += _late_lines(session, ctx, late_period, late[late_period], billed)
+    return lines
+
+
+def _late_lines(
+    session: Session,
+    ctx: GroupContext,
+    late_period: Period,
+    by_metric: LateEvents,
+    billed: Aggregates,
+) -> list[Line]:
+    """What the late events ``by_metric`` of ``late_period`` add to what was ``billed`` of it."""
+    currency = ctx.group.currency
+    lines: list[Line] = []
+    for metric in sorted(by_metric, key=lambda m: (price_of(ctx, m).category, m)):
+        price = price_of(ctx, metric)
+        before = billed.get(metric, {})
+        after = dict(before)
+        for project_id, quantities in by_metric[metric].items():
+            extra = max(quantities) if price.aggregation == "max" else sum(quantities, ZERO)
+            known = before.get(project_id)
+            if known is None:
+                after[project_id] = extra
+            elif price.aggregation == "max":
+                after[project_id] = max(known, extra)
+            else:
+                after[project_id] = known + extra
+        line = rate_late_usage(
+            price,
+            billed=_named(session, ctx, before) if before else {},
+            now_known=_named(session, ctx, after),
+            included=ctx.included(late_period, metric),
+            currency=currency,
+            period=late_period,
+        )
+        if line is not None:
+            lines.append(line)
     return lines
 
 
 def active_redemptions(session: Session, group_id: int) -> list[tuple[ActiveRedemption, str]]:
+    return active_redemptions_of(session, [group_id]).get(group_id, [])
+
+
+def active_redemptions_of(
+    session: Session, group_ids: Sequence[int]
+) -> dict[int, list[tuple[ActiveRedemption, str]]]:
+    """Each group's redemptions with uses left, in redemption order, in one query."""
     rows = session.execute(
         select(t.Redemption, t.CouponRow)
         .join(t.CouponRow, t.CouponRow.id == t.Redemption.coupon_id)
-        .where(t.Redemption.billing_group_id == group_id)
-        .order_by(t.Redemption.redeemed_at, t.Redemption.id)
+        .where(t.Redemption.billing_group_id.in_(group_ids))
+        .order_by(t.Redemption.billing_group_id, t.Redemption.redeemed_at, t.Redemption.id)
     ).all()
-    result = []
+    result: dict[int, list[tuple[ActiveRedemption, str]]] = defaultdict(list)
     for redemption, row in rows:
         coupon = coupon_from_row(row)
         allowed = coupon.periods_allowed()
         uses_left = None if allowed is None else allowed - redemption.uses
         if uses_left is None or uses_left > 0:
             active = ActiveRedemption(redemption.id, coupon, redemption.redeemed_at, uses_left)
-            result.append((active, row.code))
+            result[redemption.billing_group_id].append((active, row.code))
     return result
 
 
@@ -258,33 +286,66 @@ def coupon_from_row(row: t.CouponRow) -> Coupon:
 
 
 def available_credits(session: Session, group_id: int, currency: str) -> list[AvailableCredit]:
-    rows = session.scalars(
-        select(t.Credit).where(t.Credit.billing_group_id == group_id).order_by(t.Credit.id)
+    return available_credits_of(session, {group_id: currency}).get(group_id, [])
+
+
+def available_credits_of(
+    session: Session, currencies: dict[int, str]
+) -> dict[int, list[AvailableCredit]]:
+    """Each group's credits with something left, oldest first; ``currencies``: group -> its."""
+    rows = session.execute(
+        select(
+            t.Credit.id,
+            t.Credit.billing_group_id,
+            t.Credit.remaining,
+            t.Credit.expires_at,
+            t.Credit.granted_at,
+        )
+        .where(t.Credit.billing_group_id.in_(list(currencies)))
+        .order_by(t.Credit.id)
     ).all()
+    result: dict[int, list[AvailableCredit]] = defaultdict(list)
     # Filtered here, not in SQL: SQLite stores decimals as text, where '0.00' > 0 is true.
-    return [
-        AvailableCredit(c.id, Money(c.remaining, currency), c.expires_at, c.granted_at)
-        for c in rows
-        if c.remaining > 0
-    ]
+    for credit_id, group_id, remaining, expires_at, granted_at in rows:
+        if remaining > 0:
+            credit = AvailableCredit(
+                credit_id, Money(remaining, currencies[group_id]), expires_at, granted_at
+            )
+            result[group_id].append(credit)
+    return result
 
 
 def price_period(
     session: Session, ctx: GroupContext, period: Period, lines: Sequence[Line]
 ) -> tuple[Totals, list[tuple[ActiveRedemption, str]]]:
     """Coupons, tax and credits for ``lines`` as they apply when ``period`` ends."""
-    redemptions = [
-        (r, code) for r, code in active_redemptions(session, ctx.group.id) if r.applies_to(period)
-    ]
+    return totals_for(
+        ctx,
+        period,
+        lines,
+        active_redemptions(session, ctx.group.id),
+        available_credits(session, ctx.group.id, ctx.group.currency),
+    )
+
+
+def totals_for(
+    ctx: GroupContext,
+    period: Period,
+    lines: Sequence[Line],
+    redemptions: Sequence[tuple[ActiveRedemption, str]],
+    credits: Sequence[AvailableCredit],
+) -> tuple[Totals, list[tuple[ActiveRedemption, str]]]:
+    """``price_period`` on redemptions and credits loaded already (the group's active ones)."""
+    applied = [(r, code) for r, code in redemptions if r.applies_to(period)]
     totals = compute_totals(
         lines=lines,
         currency=ctx.group.currency,
-        redemptions=[r for r, _ in redemptions],
+        redemptions=[r for r, _ in applied],
         tax_rate=ctx.group.tax_rate,
-        credits=available_credits(session, ctx.group.id, ctx.group.currency),
+        credits=credits,
         credits_at=period.end,
     )
-    return totals, redemptions
+    return totals, applied
 
 
 @dataclass(frozen=True)
@@ -500,7 +561,7 @@ def daily_charges(
             index += 1
         so_far: dict[str, Money] = defaultdict(lambda: Money.zero(currency))
         for metric, projects in seen.items():
-            price = _price(ctx, metric)
+            price = price_of(ctx, metric)
             quantities = {str(p): aggregate(price.aggregation, q) for p, q in projects.items()}
             line = rate_usage(
                 price, quantities, included=ctx.included(period, metric), currency=currency
@@ -510,3 +571,164 @@ def daily_charges(
             by_category[category][i] = amount - previous.get(category, Money.zero(currency))
         previous = dict(so_far)
     return period, days, dict(by_category)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A group's open period at some moment, priced as if it were invoiced then."""
+
+    ctx: GroupContext
+    period: Period
+    lines: list[Line]
+    totals: Totals
+    redemptions: list[tuple[ActiveRedemption, str]]  # those that apply, with their codes
+
+
+def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> list[Draft]:
+    """:func:`draft_lines` then :func:`price_period` for each of ``contexts``, in order.
+
+    The same figures, in a fixed number of queries whatever the number of groups (usage totals,
+    late events, what was billed of their periods when there are any, redemptions, credits)
+    instead of about six per group; the rating is the same pure functions'.
+    """
+    if not contexts:
+        return []
+    ev = t.UsageEvent
+    by_id = {ctx.group.id: ctx for ctx in contexts}
+    periods = {ctx.group.id: ctx.schedule.containing(at) for ctx in contexts}
+    project_keys: dict[int, str] = {}  # filled from the usage queries, which join the projects
+    # draft_lines' unbilled events of the open period itself (rate_period's "current"), one
+    # condition per distinct window: an organization's groups mostly share their periods.
+    windows: dict[tuple[datetime | None, datetime], list[int]] = defaultdict(list)
+    for g, ctx in by_id.items():
+        period = periods[g]
+        first = period.start == ctx.group.created_at  # see _period_range
+        windows[(None if first else period.start, period.end)].append(g)
+    unbilled = [
+        and_(
+            ev.billing_group_id.in_(group_ids),
+            ev.close_id.is_(None),
+            ev.ts < end if start is None else and_(ev.ts >= start, ev.ts < end),
+        )
+        for (start, end), group_ids in windows.items()
+    ]
+    keys = (ev.billing_group_id, ev.metric, ev.project_id)
+    sums = (
+        select(*keys, dec_sum(ev.quantity).label("total"), dec_max(ev.quantity).label("peak"))
+        .where(or_(*unbilled))
+        .group_by(*keys)
+        .subquery()
+    )
+    current: dict[int, list[tuple[str, int, Decimal, Decimal]]] = defaultdict(list)
+    for group_id, metric, project_id, key, total, peak in session.execute(
+        select(
+            sums.c.billing_group_id,
+            sums.c.metric,
+            sums.c.project_id,
+            t.Project.key,
+            sums.c.total,
+            sums.c.peak,
+        ).join(t.Project, t.Project.id == sums.c.project_id)
+    ):
+        project_keys[project_id] = key
+        current[group_id].append((metric, project_id, total, peak))
+    # ... and the unbilled events of closed periods (they arrived after the close): before the
+    # open period and before the group's last close; those between belong to periods that
+    # ended but are not closed yet, and are left to them.
+    last_close = (
+        select(func.max(t.PeriodClose.period_end))
+        .where(t.PeriodClose.billing_group_id == ev.billing_group_id)
+        .scalar_subquery()
+    )
+    late_windows = [
+        and_(
+            ev.billing_group_id.in_(group_ids),
+            ev.close_id.is_(None),
+            ev.ts < start,
+            ev.ts < last_close,
+        )
+        for (start, _end), group_ids in windows.items()
+        if start is not None
+    ]
+    late: dict[int, dict[Period, LateEvents]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    )
+    if late_windows:
+        for group_id, metric, project_id, key, quantity, ts in session.execute(
+            select(ev.billing_group_id, ev.metric, ev.project_id, t.Project.key, ev.quantity, ev.ts)
+            .join(t.Project, t.Project.id == ev.project_id)
+            .where(or_(*late_windows))
+        ):
+            project_keys[project_id] = key
+            late_period = by_id[group_id].schedule.containing(ts)
+            late[group_id][late_period][metric][project_id].append(quantity)
+    billed = _billed_before(session, by_id, late, project_keys)
+    redemptions = active_redemptions_of(session, list(by_id))
+    credits = available_credits_of(session, {g: ctx.group.currency for g, ctx in by_id.items()})
+    result = []
+    for ctx in contexts:
+        group_id, period = ctx.group.id, periods[ctx.group.id]
+        ctx.project_keys.update(project_keys)
+        aggregates: Aggregates = defaultdict(dict)
+        for metric, project_id, total, peak in current[group_id]:
+            price = price_of(ctx, metric)
+            aggregates[metric][project_id] = peak if price.aggregation == "max" else total
+        lines = current_lines(session, ctx, period, aggregates)
+        for late_period in sorted(late.get(group_id, {}), key=lambda p: p.start):
+            lines += _late_lines(
+                session,
+                ctx,
+                late_period,
+                late[group_id][late_period],
+                billed[(group_id, late_period)],
+            )
+        totals, applied = totals_for(
+            ctx, period, lines, redemptions.get(group_id, []), credits.get(group_id, [])
+        )
+        result.append(Draft(ctx, period, lines, totals, applied))
+    return result
+
+
+def _billed_before(
+    session: Session,
+    contexts: dict[int, GroupContext],
+    late: dict[int, dict[Period, LateEvents]],
+    project_keys: dict[int, str],
+) -> dict[tuple[int, Period], Aggregates]:
+    """For each (group, closed period) with late events: what its closes billed of the late
+    events' metrics (``rate_period``'s ``billed`` for a draft), in one query; adds the keys of
+    the projects met to ``project_keys``."""
+    ev = t.UsageEvent
+    wanted = [(g, p) for g, by_period in late.items() for p in by_period]
+    result: dict[tuple[int, Period], Aggregates] = {key: defaultdict(dict) for key in wanted}
+    if not wanted:
+        return result
+    # The windows do not overlap (other groups, or other periods of one group): each event
+    # falls in one at most, numbered by the CASE.
+    windows = [
+        and_(
+            ev.billing_group_id == g,
+            ev.close_id.is_not(None),
+            _period_range(contexts[g], p),
+            ev.metric.in_(late[g][p]),
+        )
+        for g, p in wanted
+    ]
+    which = case(*((w, i) for i, w in enumerate(windows)))
+    events = (
+        select(which.label("which"), ev.metric, ev.project_id, ev.quantity)
+        .where(or_(*windows))
+        .subquery()
+    )
+    keys = (events.c.which, events.c.metric, events.c.project_id, t.Project.key)
+    rows = session.execute(
+        select(*keys, dec_sum(events.c.quantity), dec_max(events.c.quantity))
+        .join(t.Project, t.Project.id == events.c.project_id)
+        .group_by(*keys)
+    )
+    for index, metric, project_id, key, total, peak in rows:
+        project_keys[project_id] = key
+        g, p = wanted[index]
+        price = price_of(contexts[g], metric)
+        result[(g, p)][metric][project_id] = peak if price.aggregation == "max" else total
+    return result

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -11,7 +13,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from billing_core import issuing, ledger, queries
+from billing_core import batch, issuing, ledger, queries
 from billing_core.db import tables as t
 from billing_core.db.engine import Database
 from billing_core.errors import (
@@ -73,6 +75,7 @@ class BillingService:
     def __init__(self, db: Database, *, invoice_prefix: str = "INV") -> None:
         self.db = db
         self.invoice_prefix = invoice_prefix
+        self._reads = threading.local()  # the session of ``reading()``, per thread
 
     # -- operators ------------------------------------------------------------------------
 
@@ -135,25 +138,17 @@ class BillingService:
         """Issue every invoice whose period ended at or before ``at``; safe to repeat.
 
         Periods close in a fixed order (period end, then group), so numbers are deterministic
-        and a run that died continues exactly where a clean run would have gone. Overlapping
-        runs wait for each other group by group; the scheduler runs one at a time anyway.
+        and a run that died continues exactly where a clean run would have gone. They close in
+        batches, one transaction each (``billing_core.batch``); overlapping runs wait for each
+        other group by group; the scheduler runs one at a time anyway.
         """
         require_aware(at)
         report = RunReport()
         with self.db.transaction() as session:
             due = issuing.due_periods(session, at)
-        broken: set[int] = set()
-        for group_id, period in due:
-            if group_id in broken:
-                continue
-            try:
-                with self.db.transaction() as session:
-                    closed = issuing.close_period(
-                        session, group_id=group_id, period=period, at=at, prefix=self.invoice_prefix
-                    )
-            except BillingError as exc:
-                broken.add(group_id)
-                report.failed.append((str(group_id), str(exc)))
+        for group_id, closed in batch.close_due(self.db, due, at=at, prefix=self.invoice_prefix):
+            if isinstance(closed, BillingError):
+                report.failed.append((str(group_id), str(closed)))
                 continue
             if closed is None:
                 continue
@@ -207,39 +202,55 @@ class BillingService:
                 session, row, queries.org_zone(session, row.organization_id)
             )
 
+    # -- reads --------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Let the read methods called inside (``actor``, ``balance`` ... ``groups``) share one
+        transaction: a Slack command looks its asker up and answers on one connection, in one
+        BEGIN/COMMIT. Only reads may be called inside; the write methods open their own."""
+        if getattr(self._reads, "session", None) is not None:
+            yield
+            return
+        with self.db.transaction() as session:
+            self._reads.session = session
+            try:
+                yield
+            finally:
+                self._reads.session = None
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        session: Session | None = getattr(self._reads, "session", None)
+        if session is not None:
+            yield session
+            return
+        with self.db.transaction() as session:
+            yield session
+
     # -- people ---------------------------------------------------------------------------
 
     def actor(self, *, team_id: str, user_id: str, is_guest: bool = False) -> Actor:
         """Who ``user_id`` is in the organization linked to the workspace ``team_id``."""
-        with self.db.transaction() as session:
-            org = session.scalars(
-                select(t.Organization).filter_by(slack_team_id=team_id)
-            ).one_or_none()
-            if org is None:
-                raise NotAllowed(
-                    "This Slack workspace is not linked to a billing organization.",
-                    hint="An operator links it with `slack_team_id` in `billing-bot load`.",
-                )
-            admins = tuple(
-                session.scalars(
-                    select(t.Member.slack_user_id)
-                    .filter_by(organization_id=org.id, role="admin")
-                    .order_by(t.Member.slack_user_id)
-                )
+        with self._read() as session:
+            org = queries.actor_facts(session, team_id, user_id)
+        if org is None:
+            raise NotAllowed(
+                "This Slack workspace is not linked to a billing organization.",
+                hint="An operator links it with `slack_team_id` in `billing-bot load`.",
             )
-            member = session.scalars(
-                select(t.Member).filter_by(organization_id=org.id, slack_user_id=user_id)
-            ).one_or_none()
-        if member is not None:
-            if member.role == "admin":
-                return Actor(org.id, org.key, user_id, "admin", admins, org.locale)
-            return Actor(org.id, org.key, user_id, "member", admins, org.locale)
+        ident = (org.organization_id, org.organization_key, user_id)
+        admins = org.admins
+        if org.role is not None:
+            if org.role == "admin":
+                return Actor(*ident, "admin", admins, org.locale)
+            return Actor(*ident, "member", admins, org.locale)
         if org.open_read_access and not is_guest:
-            return Actor(org.id, org.key, user_id, "reader", admins, org.locale)
+            return Actor(*ident, "reader", admins, org.locale)
         refusal = (
-            f"Guests cannot see {org.name}'s billing."
+            f"Guests cannot see {org.organization_name}'s billing."
             if is_guest
-            else f"Only members of {org.name} can see its billing."
+            else f"Only members of {org.organization_name} can see its billing."
         )
         contact = ", ".join(f"<@{a}>" for a in admins) or "an operator"
         raise NotAllowed(refusal, hint=f"Ask {contact} for access.")
@@ -251,22 +262,22 @@ class BillingService:
             raise NotAllowed("Only organization admins can change billing.", hint=f"Ask {contact}.")
 
     def balance(self, actor: Actor, *, group_key: str | None = None, at: datetime) -> list[Balance]:
-        with self.db.transaction() as session:
+        with self._read() as session:
             result = []
-            for group in queries.groups_of(session, actor.organization_id, group_key):
-                ctx = issuing.group_context(session, group)
-                period, lines = issuing.draft_lines(session, ctx, at)
-                totals, redemptions = issuing.price_period(session, ctx, period, lines)
+            groups, _held = queries.groups_for_rating(session, actor.organization_id, group_key)
+            contexts = [issuing.group_context(session, group) for group in groups]
+            for draft in issuing.drafts(session, contexts, at):
+                ctx, period = draft.ctx, draft.period
                 result.append(
                     Balance(
-                        group=queries.group_ref(group),
+                        group=queries.group_ref(ctx.group),
                         period=Period(
                             period.start.astimezone(ctx.tz), period.end.astimezone(ctx.tz)
                         ),
-                        lines=tuple(lines),
-                        totals=totals,
-                        coupon_codes=tuple(code for _, code in redemptions),
-                        tax_rate=group.tax_rate,
+                        lines=tuple(draft.lines),
+                        totals=draft.totals,
+                        coupon_codes=tuple(code for _, code in draft.redemptions),
+                        tax_rate=ctx.group.tax_rate,
                     )
                 )
             return result
@@ -275,7 +286,7 @@ class BillingService:
         self, actor: Actor, *, group_key: str | None = None, at: datetime
     ) -> list[DailyCharges]:
         """Per group: what each day of the open period added, by category."""
-        with self.db.transaction() as session:
+        with self._read() as session:
             result = []
             for group in queries.groups_of(session, actor.organization_id, group_key):
                 ctx = issuing.group_context(session, group)
@@ -293,60 +304,65 @@ class BillingService:
             return result
 
     def owed(self, actor: Actor, *, group_key: str | None = None, at: datetime) -> list[Owed]:
-        with self.db.transaction() as session:
-            tz = queries.org_zone(session, actor.organization_id)
-            result = []
-            for group in queries.groups_of(session, actor.organization_id, group_key):
-                rows = queries.load_invoices(
-                    session,
-                    (t.Invoice.billing_group_id == group.id) & (t.Invoice.status == "open"),
+        with self._read() as session:
+            org, groups = queries.org_and_groups(session, actor.organization_id, group_key)
+            if org is None or not groups:
+                return []
+            by_id = {g.id: g for g in groups}
+            rows = queries.invoice_rows(session, list(by_id), open_only=True)
+            rows.sort(key=lambda r: (r.invoice_date, r.number))
+            views = queries.invoice_views(session, rows, org, by_id)
+        per_group: dict[int, list[tuple[queries.InvoiceRow, InvoiceView]]] = {g: [] for g in by_id}
+        for row, view in zip(rows, views, strict=True):
+            per_group[row.billing_group_id].append((row, view))
+        result = []
+        for group in groups:
+            mine = per_group[group.id]
+            outstanding = sum((v.outstanding for _, v in mine), Money.zero(group.ref.currency))
+            result.append(
+                Owed(
+                    group=group.ref,
+                    outstanding=outstanding,
+                    open_invoices=tuple(v for _, v in mine),
+                    overdue=tuple(
+                        r.number for r, _ in mine if queries.is_overdue_row(r, at, org.tz)
+                    ),
                 )
-                rows.sort(key=lambda r: (r.invoice_date, r.number))
-                views = tuple(queries.invoice_view(session, r, tz) for r in rows)
-                outstanding = sum((v.outstanding for v in views), Money.zero(group.currency))
-                result.append(
-                    Owed(
-                        group=queries.group_ref(group),
-                        outstanding=outstanding,
-                        open_invoices=views,
-                        overdue=tuple(r.number for r in rows if queries.is_overdue(r, at, tz)),
-                    )
-                )
-            return result
+            )
+        return result
 
     def invoices(
         self, actor: Actor, *, group_key: str | None = None, limit: int = 10
     ) -> list[InvoiceView]:
-        with self.db.transaction() as session:
-            tz = queries.org_zone(session, actor.organization_id)
-            groups = queries.groups_of(session, actor.organization_id, group_key)
-            rows = queries.load_invoices(
-                session, t.Invoice.billing_group_id.in_([g.id for g in groups]), limit=limit
-            )
-            return [queries.invoice_view(session, r, tz) for r in rows]
+        with self._read() as session:
+            org, groups = queries.org_and_groups(session, actor.organization_id, group_key)
+            if org is None or not groups:
+                return []
+            by_id = {g.id: g for g in groups}
+            rows = queries.invoice_rows(session, list(by_id), limit=limit)
+            return queries.invoice_views(session, rows, org, by_id)
 
     def invoice(self, actor: Actor, *, number: str) -> InvoiceView:
-        with self.db.transaction() as session:
-            tz = queries.org_zone(session, actor.organization_id)
-            row = queries.find_invoice(session, actor.organization_id, number)
-            return queries.invoice_view(session, row, tz)
+        with self._read() as session:
+            row, org, group = queries.invoice_by_number(session, actor.organization_id, number)
+            return queries.invoice_views(session, [row], org, {group.id: group})[0]
 
     def payments(
         self, actor: Actor, *, group_key: str | None = None, limit: int = 10
     ) -> list[PaymentView]:
-        with self.db.transaction() as session:
+        with self._read() as session:
             groups = queries.groups_of(session, actor.organization_id, group_key)
             return queries.payments_of(session, groups, limit)
 
     def credits(
         self, actor: Actor, *, group_key: str | None = None, at: datetime
     ) -> list[CreditView]:
-        with self.db.transaction() as session:
+        with self._read() as session:
             groups = queries.groups_of(session, actor.organization_id, group_key)
             return queries.credits_of(session, groups, at)
 
     def groups(self, actor: Actor) -> list[GroupView]:
-        with self.db.transaction() as session:
+        with self._read() as session:
             return queries.group_views(
                 session, queries.groups_of(session, actor.organization_id, None)
             )

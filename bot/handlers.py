@@ -30,6 +30,10 @@ from bot.views.invoices import PDF_ACTION
 log = logging.getLogger("billing_bot.handlers")
 
 Clock = Callable[[], datetime]
+Render = Callable[[Locale], "Outcome"]
+
+# Commands that only read: their asker and data are fetched in one transaction.
+_READS = (c.Balance, c.Owed, c.Invoices, c.Invoice, c.Payments, c.Credits, c.Groups)
 
 
 def utc_now() -> datetime:
@@ -154,29 +158,17 @@ class Handlers:
         command = c.parse(text, command=self.command_name)
         if isinstance(command, c.Help):
             return Outcome(views.help_reply(self.command_name))
+        now = self.clock()
+        if isinstance(command, _READS):
+            # Who is asking and the answer's data in one transaction; the view is built after.
+            with self.service.reading():
+                actor = self._actor(asker)
+                render = self._read(actor, command, now)
+            return render(self.locale_for(asker, actor))
         actor = self._actor(asker)
         locale = self.locale_for(asker, actor)
-        now = self.clock()
         s = self.service
         match command:
-            case c.Balance(group=group):
-                return Outcome(
-                    views.balance_reply(s.balance(actor, group_key=group, at=now), locale)
-                )
-            case c.Owed(group=group):
-                return Outcome(views.owed_reply(s.owed(actor, group_key=group, at=now), locale))
-            case c.Invoices(group=group):
-                return Outcome(views.invoices_reply(s.invoices(actor, group_key=group), locale))
-            case c.Invoice(number=number):
-                invoice = s.invoice(actor, number=number)
-                return Outcome(views.invoice_reply(invoice, locale, payment_url=self.payment_url))
-            case c.Payments(group=group):
-                return Outcome(views.payments_reply(s.payments(actor, group_key=group), locale))
-            case c.Credits(group=group):
-                credits = s.credits(actor, group_key=group, at=now)
-                return Outcome(views.credits_reply(credits, locale))
-            case c.Groups():
-                return Outcome(views.groups_reply(s.groups(actor)))
             case c.UsageChart(group=group):
                 return self._usage(actor, group, locale, now)
             case c.Export(group=group):
@@ -186,6 +178,34 @@ class Handlers:
                 return Outcome(views.change_done(change), change)
             case c.Assign(project=project, group=group):
                 return self._ask_assign(actor, project, group, now)
+        raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
+
+    def _read(self, actor: Actor, command: c.Command, now: datetime) -> Render:
+        """The data of a read command (fetched now), and how to show it in a locale."""
+        s = self.service
+        match command:
+            case c.Balance(group=group):
+                balances = s.balance(actor, group_key=group, at=now)
+                return lambda locale: Outcome(views.balance_reply(balances, locale))
+            case c.Owed(group=group):
+                owed = s.owed(actor, group_key=group, at=now)
+                return lambda locale: Outcome(views.owed_reply(owed, locale))
+            case c.Invoices(group=group):
+                invoices = s.invoices(actor, group_key=group)
+                return lambda locale: Outcome(views.invoices_reply(invoices, locale))
+            case c.Invoice(number=number):
+                invoice = s.invoice(actor, number=number)
+                url = self.payment_url
+                return lambda locale: Outcome(views.invoice_reply(invoice, locale, payment_url=url))
+            case c.Payments(group=group):
+                payments = s.payments(actor, group_key=group)
+                return lambda locale: Outcome(views.payments_reply(payments, locale))
+            case c.Credits(group=group):
+                credits = s.credits(actor, group_key=group, at=now)
+                return lambda locale: Outcome(views.credits_reply(credits, locale))
+            case c.Groups():
+                groups = s.groups(actor)
+                return lambda _: Outcome(views.groups_reply(groups))
         raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
 
     def _ask_assign(self, actor: Actor, project: str, group: str, now: datetime) -> Outcome:
@@ -301,11 +321,12 @@ class Handlers:
     # -- home ----------------------------------------------------------------------------
 
     def _home(self, asker: Asker) -> Outcome:
-        actor = self._actor(asker)
-        locale = self.locale_for(asker, actor)
         now = self.clock()
-        balances = self.service.balance(actor, at=now)
-        owed = self.service.owed(actor, at=now)
+        with self.service.reading():
+            actor = self._actor(asker)
+            balances = self.service.balance(actor, at=now)
+            owed = self.service.owed(actor, at=now)
+        locale = self.locale_for(asker, actor)
         return Outcome(views.home_reply(balances, owed, locale, now=now, command=self.command_name))
 
     # -- people and locales --------------------------------------------------------------
