@@ -10,22 +10,24 @@ import bisect
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Insert, select, update
+from sqlalchemy import Insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from billing_core.db import tables as t
 from billing_core.errors import InvalidInput
 from billing_core.loader import PAYMENT_METHODS, QUANTITY_DECIMALS
 from billing_core.money import FloatLiteral, minor_unit_exponent, parse_decimal
-from billing_core.periods import local_date, zone
-from billing_core.validate import Obj
+from billing_core.periods import local_date, parse_timestamp, zone
+from billing_core.validate import Obj, unstorable
 
-IMPORT_BATCH = 1000
+IMPORT_BATCH = 1000  # rows per executemany (SQLite)
+PG_IMPORT_BATCH = 20_000  # rows per COPY and INSERT (PostgreSQL): bounds the memory held
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -134,21 +136,50 @@ class ImportReport:
         )
 
 
+# One decoder for every line: ``json.loads(raw, parse_float=...)`` would build a new one each
+# call. It is json.loads minus the BOM check, which json_lines keeps (see below).
+_DECODER = json.JSONDecoder(parse_float=FloatLiteral)
+TOO_DEEP = "not valid JSON (nested too deeply)"
+
+
 def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, object | InvalidInput]]:
-    """(line number, parsed value or the reason it is not JSON); blank lines are skipped."""
+    """(line number, parsed value or the reason it is not JSON); blank lines are skipped.
+
+    Read files with ``errors="surrogateescape"``: a byte that is not UTF-8 then reaches this
+    function as a lone surrogate and makes its own line a bad line, instead of ending the read.
+    """
+    decode = _DECODER.decode
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
+        if not raw.isascii() and (bad := _not_utf8(raw)) is not None:
+            yield number, bad
+            continue
         try:
-            yield number, json.loads(raw, parse_float=FloatLiteral)
+            if raw[0] == "\ufeff":  # json.loads's own message for a byte order mark
+                yield number, json.loads(raw, parse_float=FloatLiteral)
+            else:
+                yield number, decode(raw)
         except json.JSONDecodeError as exc:
             yield number, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})")
         except ValueError as exc:  # e.g. a number too long to convert
             yield number, InvalidInput(f"not valid JSON ({exc})")
+        except RecursionError:  # '[[[[...' deeper than the parser goes
+            yield number, InvalidInput(TOO_DEEP)
 
 
-@dataclass(frozen=True)
-class _Event:
+def _not_utf8(raw: str) -> InvalidInput | None:
+    """The reason a line read with surrogateescape held bytes that are not UTF-8, if it did."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(raw[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+        return InvalidInput(f"not valid UTF-8 ({what} at column {exc.start + 1})")
+    return None
+
+
+class _Event(NamedTuple):
     event_id: str
     org_key: str
     project_key: str
@@ -157,13 +188,44 @@ class _Event:
     ts: datetime
 
 
+_EVENT_KEYS = frozenset({"id", "project", "metric", "quantity", "timestamp"})
+
+
 def _parse_event(value: object) -> _Event:
-    o = Obj(
-        value,
-        "",
-        allowed={"id", "project", "metric", "quantity", "timestamp"},
-        required={"id", "project", "metric", "quantity", "timestamp"},
-    )
+    """One event; the common well-formed case skips the generic reader, with the same result.
+
+    Anything the quick checks do not accept goes through ``_read_event``, which refuses it
+    with its reason (or accepts it: the quick path is only ever narrower).
+    """
+    if type(value) is dict and value.keys() == _EVENT_KEYS:
+        ref, event_id, metric = value["project"], value["id"], value["metric"]
+        if (
+            type(ref) is str
+            and type(event_id) is str
+            and type(metric) is str
+            and len(ref) <= 130  # noqa: PLR2004 - the limits of _read_event
+            and len(event_id) <= 128  # noqa: PLR2004
+            and len(metric) <= 100  # noqa: PLR2004
+            and ref.strip()
+            and event_id.strip()
+            and metric.strip()
+            and unstorable(ref) is None
+            and unstorable(event_id) is None
+            and unstorable(metric) is None
+        ):
+            org_key, sep, project_key = ref.partition("/")
+            if sep and org_key and project_key:
+                # Checked in _read_event's order, with its paths: same refusals, same values.
+                quantity = parse_decimal(
+                    value["quantity"], path="quantity", max_decimals=QUANTITY_DECIMALS
+                )
+                ts = parse_timestamp(value["timestamp"], path="timestamp")
+                return _Event(event_id, org_key, project_key, metric, quantity, ts)
+    return _read_event(value)
+
+
+def _read_event(value: object) -> _Event:
+    o = Obj(value, "", allowed=set(_EVENT_KEYS), required=set(_EVENT_KEYS))
     ref = o.text("project", max_len=130)
     org_key, sep, project_key = ref.partition("/")
     if not sep or not org_key or not project_key:
@@ -181,8 +243,8 @@ def _parse_event(value: object) -> _Event:
 class _ProjectIndex:
     """Projects, their assignment history and their groups' priced metrics.
 
-    Loaded a whole organization at a time (two queries), so an import touching thousands of
-    projects costs a handful of queries, not two per project.
+    Loaded a whole organization at a time (three queries), so an import touching thousands of
+    projects and groups costs a handful of queries, not two per project or one per group.
     """
 
     def __init__(self, session: Session) -> None:
@@ -211,35 +273,58 @@ class _ProjectIndex:
             ):
                 history[project_id][0].append(valid_from)
                 history[project_id][1].append(group_id)
+            # The priced metrics of every group of the organization, in one query.
+            for group_id, metric in self.s.execute(
+                select(t.BillingGroup.id, t.MetricPriceRow.metric)
+                .join(t.Organization, t.Organization.id == t.BillingGroup.organization_id)
+                .outerjoin(
+                    t.MetricPriceRow,
+                    t.MetricPriceRow.price_list_id == t.BillingGroup.price_list_id,
+                )
+                .where(t.Organization.key == org_key)
+            ):
+                priced = self.metrics.setdefault(group_id, set())
+                if metric is not None:
+                    priced.add(metric)
         return {key: (pid, *history[pid]) for pid, key in rows}
 
     def project(self, org_key: str, project_key: str) -> tuple[int, list[datetime], list[int]]:
-        if org_key not in self.orgs:
-            self.orgs[org_key] = self._load(org_key)
-        found = self.orgs[org_key].get(project_key)
+        projects = self.orgs.get(org_key)
+        if projects is None:
+            projects = self.orgs[org_key] = self._load(org_key)
+        found = projects.get(project_key)
         if found is None:
             raise InvalidInput(
                 f"no project {project_key!r} in organization {org_key!r}", path="project"
             )
         return found
 
+    def _priced(self, group_id: int) -> set[str]:
+        """A group's priced metrics, if its organization's load did not bring them."""
+        priced = self.metrics[group_id] = set(
+            self.s.scalars(
+                select(t.MetricPriceRow.metric)
+                .join(
+                    t.BillingGroup,
+                    t.BillingGroup.price_list_id == t.MetricPriceRow.price_list_id,
+                )
+                .where(t.BillingGroup.id == group_id)
+            )
+        )
+        return priced
+
     def group_at(self, event: _Event) -> tuple[int, int]:
         project_id, starts, groups = self.project(event.org_key, event.project_key)
-        index = bisect.bisect_right(starts, event.ts) - 1
-        group_id = groups[max(index, 0)]
-        if group_id not in self.metrics:
-            self.metrics[group_id] = set(
-                self.s.scalars(
-                    select(t.MetricPriceRow.metric)
-                    .join(
-                        t.BillingGroup,
-                        t.BillingGroup.price_list_id == t.MetricPriceRow.price_list_id,
-                    )
-                    .where(t.BillingGroup.id == group_id)
-                )
-            )
-        if event.metric not in self.metrics[group_id]:
-            known = ", ".join(sorted(self.metrics[group_id]))
+        if len(groups) == 1:  # never moved: the bisection below would pick it too
+            group_id = groups[0]
+        else:
+            index = bisect.bisect_right(starts, event.ts) - 1
+            group_id = groups[max(index, 0)]
+        priced = self.metrics.get(group_id)
+        if priced is None:
+            priced = self._priced(group_id)
+        if event.metric not in priced:
+            known = ", ".join(sorted(priced))
             raise InvalidInput(
                 f"metric {event.metric!r} is not priced for this project's "
                 f"billing group (priced: {known})",
@@ -248,12 +333,25 @@ class _ProjectIndex:
         return project_id, group_id
 
 
+# A row of usage_events as imported: (event_id, project_id, billing_group_id, metric,
+# quantity, ts), ts in UTC.
+_Row = tuple[str, int, int, str, Decimal, datetime]
+
+
 def import_usage(session: Session, items: Iterable[tuple[int, object]]) -> ImportReport:
-    """Insert usage events; an id seen before is a duplicate, never counted twice."""
+    """Insert usage events; an id seen before is a duplicate, never counted twice.
+
+    Events are validated here, in Python, and written in batches: on PostgreSQL streamed with
+    COPY (``_CopyWriter``), on SQLite as one executemany. Either way the report is the same.
+    """
     report = ImportReport()
     index = _ProjectIndex(session)
-    batch: list[dict[str, Any]] = []
+    pg = session.get_bind().dialect.name == "postgresql"
+    flush = _CopyWriter(session) if pg else _ExecuteManyWriter(session)
+    limit = PG_IMPORT_BATCH if pg else IMPORT_BATCH
+    batch: list[_Row] = []
     seen_here: set[str] = set()
+    rejected = report.rejected
     for number, value in items:
         try:
             if isinstance(value, InvalidInput):
@@ -261,41 +359,135 @@ def import_usage(session: Session, items: Iterable[tuple[int, object]]) -> Impor
             event = _parse_event(value)
             project_id, group_id = index.group_at(event)
         except InvalidInput as exc:
-            report.rejected.append((number, str(exc)))
+            rejected.append((number, str(exc)))
             continue
-        if event.event_id in seen_here:
+        except RecursionError:  # a value too deep even to describe
+            rejected.append((number, TOO_DEEP))
+            continue
+        event_id = event.event_id
+        if event_id in seen_here:
             report.duplicates += 1
             continue
-        seen_here.add(event.event_id)
+        seen_here.add(event_id)
         batch.append(
-            {
-                "event_id": event.event_id,
-                "project_id": project_id,
-                "billing_group_id": group_id,
-                "metric": event.metric,
-                "quantity": event.quantity,
-                "ts": event.ts,
-            }
+            (event_id, project_id, group_id, event.metric, event.quantity, event.ts.astimezone(UTC))
         )
-        if len(batch) >= IMPORT_BATCH:
-            _insert_events(session, batch, report)
+        if len(batch) >= limit:
+            _count(report, len(batch), flush(batch))
             batch = []
     if batch:
-        _insert_events(session, batch, report)
+        _count(report, len(batch), flush(batch))
     return report
 
 
-def _insert_events(session: Session, batch: list[dict[str, Any]], report: ImportReport) -> None:
-    # One cached single-row statement run as executemany: SQLAlchemy batches it into
-    # multi-row INSERTs itself, where .values(batch) would compile a new statement each time.
-    stmt = (
-        dialect_insert(session, t.UsageEvent)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(t.UsageEvent.id)
-    )
-    inserted = len(session.connection().execute(stmt, batch).all())
+def _count(report: ImportReport, sent: int, inserted: int) -> None:
     report.accepted += inserted
-    report.duplicates += len(batch) - inserted
+    report.duplicates += sent - inserted  # ids stored before (by this import or an earlier one)
+
+
+class _ExecuteManyWriter:
+    """SQLite: insert a batch with one cached statement; the number of rows inserted."""
+
+    def __init__(self, session: Session) -> None:
+        self.connection = session.connection()
+        # One cached single-row statement run as executemany: SQLAlchemy batches it into
+        # multi-row INSERTs itself, where .values(batch) would compile a new statement each time.
+        self.stmt = (
+            dialect_insert(session, t.UsageEvent)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(t.UsageEvent.id)
+        )
+
+    def __call__(self, batch: list[_Row]) -> int:
+        rows = [
+            {
+                "event_id": event_id,
+                "project_id": project_id,
+                "billing_group_id": group_id,
+                "metric": metric,
+                "quantity": quantity,
+                "ts": ts,
+            }
+            for event_id, project_id, group_id, metric, quantity, ts in batch
+        ]
+        return len(self.connection.execute(self.stmt, rows).all())
+
+
+_STAGE = "usage_import_stage"
+_COLUMNS = "event_id, project_id, billing_group_id, metric, quantity, ts"
+_STAGE_DDL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (n integer, event_id text, "
+    "project_id bigint, billing_group_id bigint, metric text, quantity numeric, ts timestamptz) "
+    "ON COMMIT DROP"
+)
+_COPY_DIRECT = f"COPY usage_events ({_COLUMNS}) FROM STDIN"
+_COPY_STAGE = f"COPY {_STAGE} (n, {_COLUMNS}) FROM STDIN"
+_STORED = text("SELECT event_id FROM usage_events WHERE event_id = ANY(:ids)")
+# Rows move in file order (n), so ids follow the file as they did row by row. An id already
+# stored, or being stored by a concurrent import, is skipped: ON CONFLICT waits for that other
+# transaction and counts the row as a duplicate if it commits.
+_MOVE = text(
+    f"WITH inserted AS (INSERT INTO usage_events ({_COLUMNS}) "  # noqa: S608 - constants only
+    f"SELECT {_COLUMNS} FROM {_STAGE} ORDER BY n "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING 1) "
+    "SELECT count(*) FROM inserted"
+)
+_EMPTY = text(f"TRUNCATE {_STAGE}")
+UNIQUE_VIOLATION = "23505"
+
+
+class _CopyWriter:
+    """PostgreSQL: COPY a batch straight into usage_events, leaving out the ids stored before.
+
+    An id stored between that look-up and the COPY (a concurrent import) makes the COPY fail
+    as a whole; the batch then goes again, by a temporary table and INSERT .. ON CONFLICT DO
+    NOTHING, which waits for the other import and skips what it stored. Either way each id is
+    inserted once and every row the batch did not insert is a duplicate.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.connection = session.connection()
+        self.staged = False
+
+    def _stored(self, ids: list[str]) -> set[str]:
+        return set(self.connection.execute(_STORED, {"ids": ids}).scalars())
+
+    def __call__(self, batch: list[_Row]) -> int:
+        stored = self._stored([row[0] for row in batch])
+        fresh = [row for row in batch if row[0] not in stored] if stored else batch
+        if not fresh:
+            return 0
+        savepoint = self.connection.begin_nested()
+        try:
+            self._copy(_COPY_DIRECT, fresh)
+        except DBAPIError as exc:
+            savepoint.rollback()
+            if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+            return self._through_stage(fresh)
+        savepoint.commit()
+        return len(fresh)
+
+    def _through_stage(self, batch: list[_Row]) -> int:
+        if not self.staged:
+            self.connection.exec_driver_sql(_STAGE_DDL)
+            self.staged = True
+        self.connection.execute(_EMPTY)
+        self._copy(_COPY_STAGE, [(n, *row) for n, row in enumerate(batch)])
+        return int(self.connection.execute(_MOVE).scalar_one())
+
+    def _copy(self, statement: str, rows: list[Any]) -> None:
+        driver = self.connection.connection.driver_connection
+        assert driver is not None  # noqa: S101
+        import psycopg  # noqa: PLC0415 - PostgreSQL only
+
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+        except psycopg.Error as exc:  # a duplicate id, or a NUL character PostgreSQL refuses
+            raise DBAPIError(statement, None, exc) from None
 
 
 # --- payments ----------------------------------------------------------------------------

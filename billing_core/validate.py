@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -42,6 +44,8 @@ class Obj:
             )
         if len(value) > max_len:
             raise InvalidInput(f"longer than {max_len} characters", path=self.at(key))
+        if (why := unstorable(value)) is not None:
+            raise InvalidInput(why, path=self.at(key))
         return value
 
     def opt_text(self, key: str, *, max_len: int = 500) -> str | None:
@@ -102,7 +106,14 @@ class Obj:
             yield f"{self.at(key)}[{index}]", item
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:/-]+")
+
+
 def _join(path: str, key: str) -> str:
+    if not _PLAIN_KEY.fullmatch(key):
+        # Any other key is shown quoted and escaped, so a message stays on one line and says
+        # exactly which key it means (a newline or a control character included).
+        return f"{path}[{json.dumps(key)}]" if path else f"[{json.dumps(key)}]"
     return f"{path}.{key}" if path else key
 
 
@@ -120,3 +131,15 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return type(value).__name__
+
+
+def unstorable(value: str) -> str | None:
+    """Why a database cannot keep ``value`` as it is (PostgreSQL refuses both), or None."""
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (such as \\ud800), which is not valid Unicode"
+    return None

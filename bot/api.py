@@ -71,16 +71,20 @@ async def _items(request: Request) -> list[object] | Response:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
         return problem(413, f"the body is larger than {MAX_BODY} bytes")
-    body = b""
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
+        size += len(chunk)
+        if size > MAX_BODY:
             return problem(413, f"the body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
     try:
         # Floats stay as written: the item holding one is refused by index, not the batch.
-        value = json.loads(body, parse_float=FloatLiteral)
-    except ValueError:
+        value = json.loads(b"".join(chunks), parse_float=FloatLiteral)
+    except ValueError:  # also bytes that are not UTF-8 (UnicodeDecodeError)
         return problem(400, "the body is not valid JSON")
+    except RecursionError:
+        return problem(400, "the body is not valid JSON: it nests too deeply")
     if not isinstance(value, list):
         return problem(422, "expected a JSON list of items")
     if len(value) > MAX_ITEMS:

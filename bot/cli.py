@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -43,11 +44,21 @@ def _at(value: str | None) -> datetime:
 
 @contextmanager
 def _open(path: str) -> Iterator[TextIO]:
+    """The file as UTF-8 text; bytes that are not UTF-8 come through as lone surrogates
+    (``surrogateescape``), so the reader names the line holding them instead of crashing."""
     if path == "-":
-        yield sys.stdin
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:  # already text (tests, embedding)
+            yield sys.stdin
+            return
+        wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape")
+        try:
+            yield wrapper
+        finally:
+            wrapper.detach()  # leave sys.stdin usable
         return
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             yield handle
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from None
@@ -65,15 +76,31 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     with _open(args.file) as handle:
-        try:
-            document = json.load(handle, parse_float=FloatLiteral)
-        except json.JSONDecodeError as exc:
-            raise CommandError(
-                f"{args.file}: not valid JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
+        content = handle.read()
+    document = _parse_document(args.file, content)
     summary = _service(settings).load(document, at=datetime.now(UTC))
     print(f"loaded {args.file}: {summary.describe()}")
     return 0
+
+
+def _parse_document(name: str, content: str) -> object:
+    """A whole JSON document, or a one-line reason naming the line that is wrong."""
+    if not content.isascii():
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(content[exc.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+            line = content.count("\n", 0, exc.start) + 1
+            raise CommandError(f"{name}: not valid UTF-8 ({what}, line {line})") from None
+    try:
+        return json.loads(content, parse_float=FloatLiteral)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{name}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except ValueError as exc:  # e.g. a number too long to convert
+        raise CommandError(f"{name}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CommandError(f"{name}: not valid JSON (nested too deeply)") from None
 
 
 def _report(report: object, noun: str, stream: TextIO = sys.stderr) -> int:

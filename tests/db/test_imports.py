@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from billing_core import ledger
 from billing_core.db import tables as t
+from billing_core.db.engine import Database
+from billing_core.errors import InvalidInput
 from billing_core.services import BillingService
+from tests.conftest import new_database_url, require_postgres
 from tests.factories import at, document, event, payment
 
 JAN = "2026-01-10T12:00:00+00:00"
@@ -99,6 +105,32 @@ def test_bad_usage_lines_are_reported_with_line_numbers_and_good_lines_land(
     by_month = invoices(loaded)
     assert requests_quantity(by_month["2026-01"]) == 1000000
     assert requests_quantity(by_month["2026-02"]) == 2000000
+
+
+def test_text_no_database_can_store_is_a_bad_line_on_both_backends(
+    loaded: BillingService,
+) -> None:
+    # PostgreSQL refuses NUL and lone surrogates in text; SQLite would keep them. Both refuse
+    # the line, by number, and keep the others (before, PostgreSQL failed the whole file).
+    lines = [
+        event("nul\u0000id", "requests.GET", "1", JAN),
+        event("ok-1", "requests.GET", "1000000", JAN),
+        event("surrogate\ud800", "requests.GET", "1", JAN),
+        event("x", "requests.GET", "1", JAN, project="acme/w\u0000eb"),
+        event("ok-2", "requests.GET", "2000000", FEB),
+    ]
+    report = loaded.import_usage(lines)
+    payments = loaded.import_payments(
+        [payment("ref\u0000", "1.00", JAN), payment("ref\udfff", "1.00", JAN)], at=at(FEB)
+    )
+
+    assert (report.accepted, report.duplicates) == (2, 0)
+    reasons = dict(report.rejected)
+    assert sorted(reasons) == [1, 3, 4]
+    assert reasons[1] == "id: contains a NUL character (\\u0000), which cannot be stored"
+    assert reasons[3].startswith("id: contains a lone surrogate")
+    assert reasons[4].startswith("project: contains a NUL character")
+    assert payments.accepted == 0 and [n for n, _ in payments.rejected] == [1, 2]
 
 
 def test_a_rejected_line_does_not_reserve_its_id(loaded: BillingService) -> None:
@@ -220,3 +252,145 @@ def test_every_payment_gets_a_receipt_number_without_gaps(loaded: BillingService
             sa.select(t.Payment.reference, t.Payment.receipt_number).order_by(t.Payment.id)
         ).all()
     assert [tuple(row) for row in stored] == list(zip(["p1", "p2", "p3"], receipts, strict=True))
+
+
+# --- the PostgreSQL COPY path against the SQLite path ----------------------------------------
+
+
+def mixed_usage_file() -> list[str]:
+    """Accepted, duplicate (in the file and stored before) and rejected lines, mixed."""
+    odd = "e\tab\\le\nid é ✓"  # COPY's own escapes must not leak into the stored id
+    return [
+        event("stored-1", "requests.GET", "1000", JAN),  # 1: stored by the first import
+        event("m-1", "requests.GET", "1000000", JAN),  # 2
+        event(odd, "transfer.gb", "0.250000000", "2026-01-10T13:30:00.123456+09:30"),  # 3
+        event("m-1", "requests.GET", "5", FEB),  # 4: again in this file
+        '{"id": "bad-json", ',  # 5
+        event("p", "requests.GET", "1", JAN, project="acme/nope"),  # 6
+        event("m", "cpu.seconds", "1", JAN),  # 7
+        "",  # 8
+        event("m-2", "storage.gb", "12.5", FEB),  # 9
+        '{"id": "\udcff\udcfe"}',  # 10: bytes that are not UTF-8, read with surrogateescape
+        "[" * 100_000,  # 11
+        "\ufeff" + event("bom", "requests.GET", "1", JAN),  # 12: as json.loads would refuse it
+        event("stored-2", "requests.GET", "7", FEB),  # 13: stored by the first import
+        event("neg", "requests.GET", "-5", JAN),  # 14
+        event("m-3", "requests.GET", "3", FEB),  # 15
+        event("m-2", "storage.gb", "99", FEB),  # 16: again in this file
+        event("m-4", "requests.GET", "4", FEB),  # 17
+    ]
+
+
+def stored_events(service: BillingService) -> list[tuple[Any, ...]]:
+    with service.db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                t.UsageEvent.event_id,
+                t.Project.key,
+                t.BillingGroup.key,
+                t.UsageEvent.metric,
+                t.UsageEvent.quantity,
+                t.UsageEvent.ts,
+            )
+            .join(t.Project, t.Project.id == t.UsageEvent.project_id)
+            .join(t.BillingGroup, t.BillingGroup.id == t.UsageEvent.billing_group_id)
+            .order_by(t.UsageEvent.id)
+        ).all()
+    return [(e, p, g, m, Decimal(q), ts) for e, p, g, m, q, ts in rows]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("batch", [1, 3, 20_000])
+@pytest.mark.parametrize("race", [False, True], ids=["", "stored-meanwhile"])
+def test_the_copy_path_reports_and_stores_exactly_what_the_sqlite_path_does(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+    race: bool,
+) -> None:
+    monkeypatch.setattr(ledger, "PG_IMPORT_BATCH", batch)
+    monkeypatch.setattr(ledger, "IMPORT_BATCH", batch)
+    if race:  # ids stored after the COPY path looked them up, as by a concurrent import
+        monkeypatch.setattr(ledger._CopyWriter, "_stored", lambda _self, _ids: set())
+    results = []
+    for kind in ("sqlite", "postgresql"):
+        if kind == "postgresql":
+            require_postgres()
+        database = Database(new_database_url(kind, request, tmp_path))
+        service = BillingService(database)
+        try:
+            service.load(document(), at=at("2026-01-01T00:00:00+00:00"))
+            first = service.import_usage(
+                [event("stored-1", "requests.GET", "1000", JAN), mixed_usage_file()[12]]
+            )
+            assert (first.accepted, first.duplicates, first.rejected) == (2, 0, [])
+            report = service.import_usage(mixed_usage_file())
+            again = service.import_usage(mixed_usage_file())
+            results.append((database.dialect, report, again, stored_events(service)))
+        finally:
+            database.dispose()
+
+    (_, sqlite_report, sqlite_again, sqlite_rows), (dialect, pg_report, pg_again, pg_rows) = results
+    assert dialect == "postgresql"
+    assert pg_report == sqlite_report
+    assert pg_again == sqlite_again
+    assert pg_rows == sqlite_rows
+    assert (pg_report.accepted, pg_report.duplicates) == (5, 4)
+    assert [n for n, _ in pg_report.rejected] == [5, 6, 7, 10, 11, 12, 14]
+    reasons = dict(pg_report.rejected)
+    assert (
+        reasons[12] == "not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1)"
+    )
+    assert reasons[10] == "not valid UTF-8 (byte 0xff at column 9)"
+    assert reasons[11] == "not valid JSON (nested too deeply)"
+    assert (pg_again.accepted, pg_again.duplicates) == (0, 9)
+    assert len(pg_rows) == 7
+    odd = next(row for row in pg_rows if row[0].startswith("e\t"))
+    assert odd[1:] == (
+        "web",
+        "eng",
+        "transfer.gb",
+        Decimal("0.250000000"),
+        datetime(2026, 1, 10, 4, 0, 0, 123456, tzinfo=UTC),
+    )
+    assert str(odd[4]) == "0.250000000"  # the quantity as written, scale and all
+
+
+def test_the_quick_event_reader_agrees_with_the_checked_one() -> None:
+    good = json.loads(event("e", "requests.GET", "12.5", JAN))
+    variants: list[object] = [
+        good,
+        {**good, "quantity": 12},
+        {**good, "quantity": True},
+        {**good, "quantity": "1.0000000001"},
+        {**good, "quantity": "1.0000000000"},
+        {**good, "quantity": " 5"},
+        {**good, "timestamp": "2026-01-10T12:00:00"},
+        {**good, "timestamp": "2026-01-10T12:00:00Z"},
+        {**good, "project": "acme"},
+        {**good, "project": "/web"},
+        {**good, "project": "acme/"},
+        {**good, "project": "  "},
+        {**good, "id": " "},
+        {**good, "id": "x" * 128},
+        {**good, "id": "x" * 129},
+        {**good, "metric": "m" * 101},
+        {**good, "metric": 5},
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "metric"},
+        [good],
+        "text",
+        None,
+    ]
+    for value in variants:
+        expected: object
+        try:
+            expected = ledger._read_event(value)
+        except InvalidInput as exc:
+            expected = str(exc)
+        try:
+            got: object = ledger._parse_event(value)
+        except InvalidInput as exc:
+            got = str(exc)
+        assert got == expected, value

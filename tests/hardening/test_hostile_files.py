@@ -248,14 +248,6 @@ GOOD_PAYMENT = factories.payment("ref-good", "10.00", "2026-03-09T10:00:00+00:00
 
 
 @sqlite_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/cli.py opens files as UTF-8 and catches only JSONDecodeError (load) or, in "
-    "billing_core.ledger.json_lines, errors of json.loads: a byte that is not UTF-8 raises "
-    "UnicodeDecodeError while reading, which nothing catches: a Python traceback and exit 1, "
-    "and for `usage import` (one transaction) the good lines before it are lost too, although "
-    "SPEC 4.2 says a bad line is reported with its number and good lines still land",
-)
 @pytest.mark.parametrize("command", ["load", "usage", "payments"])
 def test_a_file_that_is_not_utf8_gets_a_one_line_reason(
     loaded: BillingService, db_url: str, zygote: Zygote, tmp_path: Path, command: str
@@ -273,13 +265,6 @@ def test_a_file_that_is_not_utf8_gets_a_one_line_reason(
 
 
 @sqlite_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="json.loads raises RecursionError (not a ValueError) on deeply nested JSON "
-    "('[' * 100000): bot/cli.py cmd_load and billing_core.ledger.json_lines do not catch it, "
-    "so `load`, `usage import` and `payments import` end with a traceback instead of naming "
-    "the bad line; `usage import` also loses the good lines of the file",
-)
 @pytest.mark.parametrize("command", ["load", "usage", "payments"])
 def test_deeply_nested_json_is_a_bad_line_not_a_crash(
     loaded: BillingService, db_url: str, zygote: Zygote, tmp_path: Path, command: str
@@ -363,12 +348,6 @@ def test_the_api_refuses_bad_tokens_and_oversized_bodies_before_any_work(
 
 
 @sqlite_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/api.py _items() catches ValueError from json.loads but not RecursionError: "
-    "a deeply nested body ('[' * 100000) on POST /api/v1/usage or /payments is a 500 instead "
-    "of a 400",
-)
 def test_a_deeply_nested_api_body_is_a_400(
     loaded: BillingService, emulator: SlackEmulator, db_url: str
 ) -> None:
