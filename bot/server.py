@@ -38,7 +38,8 @@ Start = Callable[[], Stop]
 
 
 MAX_IN_FLIGHT = 256  # Slack requests whose lazy work is queued or running (~10 KB each)
-BUSY_WAIT = 2.5  # seconds a request may wait for room before it is turned away (ack by 3 s)
+BUSY_WAIT = 2.5  # seconds a request may wait for room (Slack wants its ack within 3 s)
+HARD_LIMIT = 4  # past BUSY_WAIT, work is still taken up to this many times MAX_IN_FLIGHT
 BUSY_TEXT = "The billing bot is busy right now; please try again in a minute."
 
 
@@ -48,13 +49,15 @@ class LazyWork(ThreadPoolExecutor):
     Slack gets its ack before the answer is worked out; when requests arrive faster than
     answers, an unbounded queue grows (each job holds a copy of its request), and the memory
     it took is not given back. So a request first waits for room (``room``): the ack slows
-    down, which slows the sender, and past BUSY_WAIT the request is turned away with a clear
-    answer instead of queued without end.
+    down, which slows the sender. The ack cannot wait past BUSY_WAIT, so the work is then
+    taken all the same, up to HARD_LIMIT times the bound; beyond that the request is turned
+    away with a clear answer instead of queued without end.
     """
 
     def __init__(self, *, workers: int = 16, in_flight: int | None = None) -> None:
         super().__init__(max_workers=workers, thread_name_prefix="billing-slack")
         self.in_flight = MAX_IN_FLIGHT if in_flight is None else in_flight
+        self.hard_limit = self.in_flight * HARD_LIMIT
         self._count = 0
         self._changed = threading.Condition()
 
@@ -79,9 +82,12 @@ class LazyWork(ThreadPoolExecutor):
             raise
 
     def room(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until fewer than ``in_flight`` jobs are in the pool."""
+        """Wait up to ``timeout`` seconds for fewer than ``in_flight`` jobs in the pool; False
+        when there are still that many and the hard limit is reached too."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._count < self.in_flight, timeout)
+            if self._changed.wait_for(lambda: self._count < self.in_flight, timeout):
+                return True
+            return self._count < self.hard_limit
 
 
 class SlackEndpoints:
@@ -127,7 +133,7 @@ class SlackEndpoints:
             log.info("slack request refused: Bolt cannot read the payload")
             return PlainTextResponse("malformed payload", status_code=400)
         if not self.work.room(BUSY_WAIT):
-            log.warning("slack request turned away: %d requests in flight", self.work.in_flight)
+            log.warning("slack request turned away: %d requests in flight", self.work.hard_limit)
             if bolt_request.body.get("command"):  # a slash command: the ack is the answer
                 return JSONResponse({"response_type": "ephemeral", "text": BUSY_TEXT})
             return PlainTextResponse("busy", status_code=503)  # events: Slack retries them

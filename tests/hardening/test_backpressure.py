@@ -25,8 +25,13 @@ def test_room_waits_for_a_job_to_leave_and_counts_failed_jobs_too() -> None:
     work = LazyWork(workers=2, in_flight=2)
     release = threading.Event()
     try:
+        work.hard_limit = 3
         held = [work.submit(release.wait) for _ in range(2)]
-        assert not work.room(0.05), "two jobs in flight: no room"
+        started = time.monotonic()
+        assert work.room(0.1), "over the bound, under the hard limit: taken after the wait"
+        assert time.monotonic() - started >= 0.1
+        held.append(work.submit(release.wait))
+        assert not work.room(0.05), "three jobs in flight: the hard limit"
 
         def fail() -> None:
             raise RuntimeError("a listener failed")
@@ -34,12 +39,13 @@ def test_room_waits_for_a_job_to_leave_and_counts_failed_jobs_too() -> None:
         release.set()
         for future in held:
             future.result(timeout=5)
+        work.hard_limit = 2
         assert work.room(0.0)
         failing = [work.submit(fail) for _ in range(2)]
         for future in failing:
             with pytest.raises(RuntimeError):
                 future.result(timeout=5)
-        assert work.room(0.0), "a failed job leaves the pool too"
+        assert work._count == 0, "a failed job leaves the pool too"
     finally:
         release.set()
         work.shutdown(wait=True)
@@ -68,6 +74,7 @@ def test_a_full_pool_turns_commands_away_with_an_answer_and_events_with_503(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(bot.server, "MAX_IN_FLIGHT", 1)
+    monkeypatch.setattr(bot.server, "HARD_LIMIT", 1)
     monkeypatch.setattr(bot.server, "BUSY_WAIT", 0.3)
     with running(settings, billed, emulator) as slack:
         with database_locked(db_url):
