@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import threading
@@ -21,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl
 
+from slack_bolt.request.internals import parse_body
 from sqlalchemy import create_engine, delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -168,7 +167,7 @@ def malformed(body: bytes, content_type: str | None) -> str | None:
     if not text:
         return None
     try:
-        payload = _parse(text, content_type)
+        payload: object = parse_body(text, content_type)  # Bolt's own parser: same payload
     except (ValueError, RecursionError):
         return "the body is not a Slack payload"
     if not isinstance(payload, dict):
@@ -176,16 +175,6 @@ def malformed(body: bytes, content_type: str | None) -> str | None:
     return _shape(payload) or (
         _shape(payload["event"]) if isinstance(payload.get("event"), dict) else None
     )
-
-
-def _parse(text: str, content_type: str | None) -> object:
-    # What Bolt's parse_body does, so both see the same payload.
-    if content_type == "application/json" or text.startswith("{"):
-        return json.loads(text)
-    if "payload" in text:
-        payload = dict(parse_qsl(text, keep_blank_values=True)).get("payload")
-        return {} if payload is None else json.loads(payload)
-    return dict(parse_qsl(text, keep_blank_values=True))
 
 
 def _shape(payload: dict[str, Any]) -> str | None:
