@@ -2,7 +2,7 @@
 
 Each run clones the database with the period's events imported (benchmark 1's) and closes
 the period for every group: wall time and peak RSS (``ru_maxrss`` of the process). The floor:
-one GROUP BY over the same events (the ones the run claims: not yet closed, before ``--at``),
+one GROUP BY over the same events (the ones the run settles: not settled yet, before ``--at``),
 every row fetched by the client, run on the same data in the same benchmark.
 """
 
@@ -20,11 +20,17 @@ TARGET_RATIO = 3.0
 TARGET_RSS_MB = 500.0
 RSS_GROWTH_TOLERANCE = 1.25  # "does not grow": within 25 % of the run at a quarter of the scale
 
+# The events a run settles: before --at and outside what each group's last close settled
+# (its watermark corner: id <= usage_upto and ts < period_end, see billing_core.claims).
 FLOOR_SQL = """
-SELECT billing_group_id, project_id, metric, sum(quantity), max(quantity), count(*)
-FROM usage_events
-WHERE close_id IS NULL AND ts < %s
-GROUP BY billing_group_id, project_id, metric
+SELECT e.billing_group_id, e.project_id, e.metric, sum(e.quantity), max(e.quantity), count(*)
+FROM usage_events e
+LEFT JOIN (
+    SELECT DISTINCT ON (billing_group_id) billing_group_id, usage_upto, period_end
+    FROM period_closes ORDER BY billing_group_id, period_end DESC
+) c ON c.billing_group_id = e.billing_group_id
+WHERE e.ts < %s AND (c.usage_upto IS NULL OR e.id > c.usage_upto OR e.ts >= c.period_end)
+GROUP BY e.billing_group_id, e.project_id, e.metric
 """
 
 

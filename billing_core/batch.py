@@ -2,22 +2,25 @@
 
 ``issuing.close_period`` closes one period of one group in about thirty round trips. Here a
 batch of periods (distinct groups, in the run's order) closes in one transaction with a fixed
-number of statements: lock the groups, load their contexts, insert the closes, claim and sum
-the usage in one statement, take a block of invoice numbers, insert the invoices and their
-rows in bulk. The pricing itself is ``issuing``'s (``current_lines``, ``totals_for``), so a
+number of statements: lock the groups and their usage gates, load their contexts, insert the
+closes with the watermark, sum the usage they settle in one statement (nothing is written on
+the events: ``billing_core.claims``), take a block of invoice numbers, insert the invoices and
+their rows in bulk. The pricing itself is ``issuing``'s (``current_lines``, ``totals_for``), so a
 batch issues exactly the invoices the one-by-one path would, numbered in the same order.
 
 Guarantees kept from the one-by-one path:
 
 - the groups are locked (FOR NO KEY UPDATE) before anything is read, and a period that another
   run closed meanwhile is skipped; the unique keys on closes and invoices stay the last guard;
-- usage is claimed first and only what was claimed is rated, so an import racing the close is
-  billed now or in the next period, never twice or never;
+- a close holds its group's usage gate, so an import into the group either committed before
+  (and is billed now) or waits and takes ids above the watermark (billed next period): never
+  twice or never;
 - numbers come from the counter row, locked until commit: gapless, in the run's order;
 - a batch commits whole or not at all, and the next run continues where it stopped.
 
 A run waits on a lock only for the first group of a batch, holding nothing else; the other
-groups are taken with SKIP LOCKED and the batch ends before the first one that is busy (it
+groups (and gates) are taken with SKIP LOCKED and the batch ends before the first one that is
+busy (it
 comes first in the next batch and is waited for then). So overlapping runs cannot deadlock,
 and a run never gets ahead of a group another writer holds. Batches start at one period and
 double up to ``BATCH_SIZE``: a run that dies early, or competes with another, loses or waits
@@ -33,16 +36,28 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Integer, bindparam, column, func, insert, select, update, values
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    and_,
+    bindparam,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.orm import Session
 
-from billing_core import issuing
+from billing_core import claims, issuing
 from billing_core.db import tables as t
-from billing_core.db.engine import Database
+from billing_core.db.engine import Database, dialect_insert
 from billing_core.db.types import UTCDateTime, dec_max, dec_sum
 from billing_core.errors import BillingError
 from billing_core.export import checksum, invoice_document
-from billing_core.ledger import dialect_insert, lock_group
+from billing_core.ledger import lock_group
 from billing_core.model import ActiveRedemption, AvailableCredit, Totals
 from billing_core.periods import Period, Schedule, local_date, zone
 from billing_core.rating import Line, MetricPrice
@@ -170,25 +185,22 @@ def close_batch(
     groups = _lock(session, items)
     handled = next((i for i, (g, _) in enumerate(items) if g not in groups), len(items))
     items = items[:handled]
-    ends = dict(
-        session.execute(
-            select(t.PeriodClose.billing_group_id, func.max(t.PeriodClose.period_end))
-            .where(t.PeriodClose.billing_group_id.in_(list(groups)))
-            .group_by(t.PeriodClose.billing_group_id)
-        ).all()
-    )
+    marks = claims.marks(session, list(groups))
     todo = [
-        (g, p) for g, p in items if p.start == (ends.get(g) or groups[g].created_at)
+        (g, p) for g, p in items if p.start == (marks[g].end or groups[g].created_at)
     ]  # the others were closed by another run (or an earlier period is still open)
     outcomes: dict[int, issuing.Closed | None] = {}
     if todo:
-        outcomes = _close(session, todo, groups, at=at, prefix=prefix)
+        outcomes = _close(session, todo, groups, marks, at=at, prefix=prefix)
     return handled, [outcomes.get(g) for g, _ in items]
 
 
 def _lock(session: Session, items: Sequence[tuple[int, Period]]) -> dict[int, t.BillingGroup]:
-    """Lock the first item's group (waiting), then whichever of the others are free."""
+    """Lock the first item's group and usage gate (waiting), then whichever of the others are
+    free: a group another writer holds, or whose usage an import is writing, waits for the
+    next batch."""
     first = lock_group(session, items[0][0])
+    claims.take_gate(session, first.id)
     groups = {first.id: first}
     others = [g for g, _ in items[1:]]
     if others:
@@ -199,6 +211,8 @@ def _lock(session: Session, items: Sequence[tuple[int, Period]]) -> dict[int, t.
             .with_for_update(key_share=True, skip_locked=True)
         ):
             groups[group.id] = group
+        gated = claims.take_gates(session, [g for g in groups if g != first.id], wait=False)
+        groups = {g: group for g, group in groups.items() if g == first.id or g in gated}
     return groups
 
 
@@ -243,57 +257,48 @@ def _contexts(
     return contexts
 
 
-# (group, metric, project) -> (sum, max, earliest ts) of the events a close claimed
-Claimed = dict[tuple[int, str, int], tuple[Decimal, Decimal, datetime]]
+# (group, metric, project) -> (sum, max, earliest ts) of the events a close settled
+Settled = dict[tuple[int, str, int], tuple[Decimal, Decimal, datetime]]
 
 
-def _claim(session: Session, claims: list[dict[str, Any]]) -> Claimed:
-    """Claim each group's unclaimed events before its period's end, and sum them up.
+def _settle(
+    session: Session, todo: list[tuple[int, Period]], marks: dict[int, claims.Mark], upto: int
+) -> Settled:
+    """Sum up, per group, the events its close settles: up to the watermark ``upto`` and
+    before its period's end, and not settled by its previous close (``claims.settled_by``).
 
-    ``claims``: {"gid", "cid", "pend"} per group. On PostgreSQL one statement does both (the
-    UPDATE's RETURNING feeds the GROUP BY); SQLite updates group by group, then sums.
-    """
+    On PostgreSQL one statement for the batch, the groups' bounds joined in as VALUES; SQLite
+    sums group by group."""
     ev = t.UsageEvent
+    keys = (ev.billing_group_id, ev.metric, ev.project_id)
+    sums = (*keys, dec_sum(ev.quantity), dec_max(ev.quantity), func.min(ev.ts))
     if session.get_bind().dialect.name == "postgresql":
-        batch = values(
+        bounds = values(
             column("gid", Integer),
-            column("cid", Integer),
             column("pend", UTCDateTime()),
-            name="claims",
-        ).data([(c["gid"], c["cid"], c["pend"]) for c in claims])
-        claimed = (
-            update(ev)
-            .where(ev.billing_group_id == batch.c.gid, ev.close_id.is_(None), ev.ts < batch.c.pend)
-            .values(close_id=batch.c.cid)
-            .returning(ev.billing_group_id, ev.metric, ev.project_id, ev.quantity, ev.ts)
-            .cte("claimed")
-        )
-        keys = (claimed.c.billing_group_id, claimed.c.metric, claimed.c.project_id)
+            column("prev_upto", BigInteger),
+            column("prev_end", UTCDateTime()),
+            name="bounds",
+        ).data([(g, p.end, marks[g].upto or 0, marks[g].end or p.start) for g, p in todo])
         rows = session.execute(
-            select(
-                *keys,
-                dec_sum(claimed.c.quantity),
-                dec_max(claimed.c.quantity),
-                func.min(claimed.c.ts),
-            ).group_by(*keys)
+            select(*sums)
+            .join(bounds, ev.billing_group_id == bounds.c.gid)
+            .where(
+                ev.close_id.is_(None),
+                ev.id <= upto,
+                ev.ts < bounds.c.pend,
+                or_(ev.id > bounds.c.prev_upto, ev.ts >= bounds.c.prev_end),
+            )
+            .group_by(*keys)
         ).all()
     else:
-        session.connection().execute(
-            update(ev)
-            .where(
-                ev.billing_group_id == bindparam("gid"),
-                ev.close_id.is_(None),
-                ev.ts < bindparam("pend", type_=UTCDateTime()),
-            )
-            .values(close_id=bindparam("cid")),
-            claims,
-        )
-        keys_ = (ev.billing_group_id, ev.metric, ev.project_id)
-        rows = session.execute(
-            select(*keys_, dec_sum(ev.quantity), dec_max(ev.quantity), func.min(ev.ts))
-            .where(ev.close_id.in_([c["cid"] for c in claims]))
-            .group_by(*keys_)
-        ).all()
+        rows = []
+        for g, p in todo:
+            rows += session.execute(
+                select(*sums)
+                .where(claims.settled_by(g, marks[g], claims.Mark(upto, p.end)))
+                .group_by(*keys)
+            ).all()
     return {(g, m, p): (total, peak, first) for g, m, p, total, peak, first in rows}
 
 
@@ -301,11 +306,13 @@ def _close(
     session: Session,
     todo: list[tuple[int, Period]],
     groups: dict[int, t.BillingGroup],
+    marks: dict[int, claims.Mark],
     *,
     at: datetime,
     prefix: str,
 ) -> dict[int, issuing.Closed | None]:
     contexts = _contexts(session, [groups[g] for g, _ in todo])
+    upto = claims.watermark(session)  # every gate is held: no lower id can appear any more
     close_rows = session.connection().execute(
         dialect_insert(session, t.PeriodClose)
         .on_conflict_do_nothing(index_elements=["billing_group_id", "period_start"])
@@ -316,6 +323,7 @@ def _close(
                 "period_start": p.start,
                 "period_end": p.end,
                 "closed_at": at,
+                "usage_upto": upto,
             }
             for g, p in todo
         ],
@@ -325,8 +333,7 @@ def _close(
     todo = [(g, p) for g, p in todo if g in close_ids]  # a conflict: closed meanwhile
     if not todo:
         return outcomes
-    # Claim first, then rate exactly what was claimed (see issuing.close_period).
-    claimed = _claim(session, [{"gid": g, "cid": close_ids[g], "pend": p.end} for g, p in todo])
+    claimed = _settle(session, todo, marks, upto)
     periods = dict(todo)
     current: dict[int, issuing.Aggregates] = defaultdict(lambda: defaultdict(dict))
     late: set[int] = set()
@@ -356,8 +363,8 @@ def _close(
                 session,
                 ctx,
                 period,
-                new=issuing.claimed_by(g, close_ids[g]),
-                billed_before=close_ids[g],
+                new=claims.settled_by(g, marks[g], claims.Mark(upto, period.end)),
+                settled=and_(t.UsageEvent.billing_group_id == g, claims.settled(marks[g])),
             )
         else:
             lines = issuing.current_lines(session, ctx, period, current.get(g, {}))

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from billing_core import claims
 from billing_core.db import tables as t
 from billing_core.export import checksum, invoice_document
-from billing_core.issuing import claimed_by, group_context, rate_period
+from billing_core.issuing import group_context, rate_period
 from billing_core.money import round_to_minor_unit
 from billing_core.periods import Period
 
@@ -88,19 +89,32 @@ def _documents(session: Session) -> Iterator[str]:
 
 
 def _usage(session: Session) -> Iterator[str]:
-    """Re-rate every close from the usage it claimed; it must match what was invoiced."""
+    """Re-rate every close from the usage it settled; it must match what was invoiced."""
     invoices = {i.close_id: i for i in session.scalars(select(t.Invoice))}
-    for close in session.scalars(select(t.PeriodClose).order_by(t.PeriodClose.id)):
-        group = session.get_one(t.BillingGroup, close.billing_group_id)
+    before: dict[int, claims.Mark] = {}  # group -> its closes so far
+    for close in session.scalars(
+        select(t.PeriodClose).order_by(t.PeriodClose.billing_group_id, t.PeriodClose.period_end)
+    ):
+        g = close.billing_group_id
+        group = session.get_one(t.BillingGroup, g)
         ctx = group_context(session, group)
         period = Period(close.period_start, close.period_end)
-        lines = rate_period(
-            session,
-            ctx,
-            period,
-            new=claimed_by(close.billing_group_id, close.id),
-            billed_before=close.id,
-        )
+        previous = before.get(g, claims.NOTHING)
+        if close.usage_upto is None:  # made before migration 0004: its events carry its id
+            new = claims.legacy_settled_by(g, close.id)
+            settled = and_(t.UsageEvent.billing_group_id == g, t.UsageEvent.close_id < close.id)
+            before[g] = claims.Mark(None, close.period_end)
+        else:
+            here = claims.Mark(close.usage_upto, close.period_end)
+            new = claims.settled_by(g, previous, here)
+            settled = and_(t.UsageEvent.billing_group_id == g, claims.settled(previous))
+            if previous.upto is not None and previous.upto > close.usage_upto:
+                yield (
+                    f"group {group.key}: the close of {close.period_start.isoformat()} has a "
+                    "lower usage watermark than the close before it"
+                )
+            before[g] = here
+        lines = rate_period(session, ctx, period, new=new, settled=settled)
         expected = [
             (
                 ln.metric,
@@ -131,7 +145,7 @@ def _usage(session: Session) -> Iterator[str]:
         ]
         if expected != stored:
             yield f"invoice {invoice.number}: lines differ from the usage it settled ({where})"
-    outside = session.scalar(
+    outside = session.scalar(  # legacy marks (migration 0004) that contradict their close
         select(func.count())
         .select_from(t.UsageEvent)
         .join(t.PeriodClose, t.PeriodClose.id == t.UsageEvent.close_id)

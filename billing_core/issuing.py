@@ -17,11 +17,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from billing_core import claims
 from billing_core.db import tables as t
+from billing_core.db.engine import dialect_insert
 from billing_core.db.types import dec_max, dec_sum
 from billing_core.errors import BillingError
 from billing_core.export import checksum, invoice_document
-from billing_core.ledger import dialect_insert, lock_group, next_in_sequence
+from billing_core.ledger import lock_group, next_in_sequence
 from billing_core.model import (
     ActiveRedemption,
     AvailableCredit,
@@ -83,12 +85,6 @@ def group_context(session: Session, group: t.BillingGroup) -> GroupContext:
     )
 
 
-def last_close_end(session: Session, group_id: int) -> datetime | None:
-    return session.scalar(
-        select(func.max(t.PeriodClose.period_end)).where(t.PeriodClose.billing_group_id == group_id)
-    )
-
-
 Aggregates = dict[str, dict[int, Decimal]]  # metric -> project id -> quantity
 LateEvents = dict[str, dict[int, list[Decimal]]]  # metric -> project id -> late quantities
 
@@ -133,11 +129,6 @@ def _named(
     return {ctx.project_keys[pid]: q for pid, q in quantities.items()}
 
 
-def claimed_by(group_id: int, close_id: int) -> ColumnElement[bool]:
-    """The events a close claimed; the group keeps the (group, close, ts) index in use."""
-    return and_(t.UsageEvent.billing_group_id == group_id, t.UsageEvent.close_id == close_id)
-
-
 def _period_range(ctx: GroupContext, period: Period) -> ColumnElement[bool]:
     """Events of ``period``; the first period also holds anything stamped before it began."""
     before_end = t.UsageEvent.ts < period.end
@@ -172,10 +163,11 @@ def rate_period(
     period: Period,
     *,
     new: ColumnElement[bool],
-    billed_before: int | None,
+    settled: ColumnElement[bool],
 ) -> list[Line]:
     """The lines for ``period``: its subscription, its usage, and usage of earlier periods
-    that arrived after those were invoiced (``new`` selects the events not yet billed)."""
+    that arrived after those were invoiced (``new`` selects the events not yet billed,
+    ``settled`` those billed before, whatever their group)."""
     group = ctx.group
     current = _aggregate(session, ctx, and_(new, _period_range(ctx, period)))
     lines = current_lines(session, ctx, period, current)
@@ -190,11 +182,6 @@ def rate_period(
     for metric, project_id, quantity, ts in late_rows:
         late[ctx.schedule.containing(ts)][metric][project_id].append(quantity)
     for late_period in sorted(late, key=lambda p: p.start):
-        # Billed already: claimed by an earlier close of this group (close ids only grow, and
-        # the group lock keeps one close of a group at a time), or by any close for a draft.
-        settled: ColumnElement[bool] = t.UsageEvent.close_id.is_not(None)
-        if billed_before is not None:
-            settled = and_(settled, t.UsageEvent.close_id < billed_before)
         billed = _aggregate(
             session,
             ctx,
@@ -360,10 +347,12 @@ def close_period(
 ) -> Closed | None:
     """Close one period of one group and issue its invoice; None if it was closed already."""
     group = lock_group(session, group_id)
+    claims.take_gate(session, group_id)  # imports into the group in flight commit first
     ctx = group_context(session, group)
-    expected = last_close_end(session, group_id) or group.created_at
-    if period.start != expected:
+    before = claims.mark(session, group_id)
+    if period.start != (before.end or group.created_at):
         return None  # another run closed it (or an earlier period is still open)
+    upto = claims.watermark(session)
     close_id = session.execute(
         dialect_insert(session, t.PeriodClose)
         .values(
@@ -371,25 +360,21 @@ def close_period(
             period_start=period.start,
             period_end=period.end,
             closed_at=at,
+            usage_upto=upto,
         )
         .on_conflict_do_nothing(index_elements=["billing_group_id", "period_start"])
         .returning(t.PeriodClose.id)
     ).scalar_one_or_none()
     if close_id is None:
         return None
-    # Claim the events first, then rate exactly what was claimed: an import committing in
-    # between is either claimed here (and billed) or left for the next period, never lost.
-    session.execute(
-        update(t.UsageEvent)
-        .where(
-            t.UsageEvent.billing_group_id == group_id,
-            t.UsageEvent.close_id.is_(None),
-            t.UsageEvent.ts < period.end,
-        )
-        .values(close_id=close_id)
-    )
+    # The close settles the group's events up to the watermark that earlier closes had not;
+    # an import waiting on the gate takes ids above it, so its events go to the next period.
     lines = rate_period(
-        session, ctx, period, new=claimed_by(group_id, close_id), billed_before=close_id
+        session,
+        ctx,
+        period,
+        new=claims.settled_by(group_id, before, claims.Mark(upto, period.end)),
+        settled=and_(t.UsageEvent.billing_group_id == group_id, claims.settled(before)),
     )
     if not any(line.amount.amount > 0 for line in lines):
         return Closed(group_id, period, None)
@@ -511,10 +496,11 @@ def due_periods(session: Session, at: datetime) -> list[tuple[int, Period]]:
 def draft_lines(session: Session, ctx: GroupContext, at: datetime) -> tuple[Period, list[Line]]:
     """The open period at ``at`` and its charges so far, late usage included."""
     period = ctx.schedule.containing(at)
-    closed_until = last_close_end(session, ctx.group.id)
+    mark = claims.mark(session, ctx.group.id)
+    closed_until = mark.end
     unbilled = and_(
         t.UsageEvent.billing_group_id == ctx.group.id,
-        t.UsageEvent.close_id.is_(None),
+        claims.unsettled(mark),
         t.UsageEvent.ts < period.end,
     )
     if period.start != ctx.group.created_at:
@@ -523,7 +509,8 @@ def draft_lines(session: Session, ctx: GroupContext, at: datetime) -> tuple[Peri
         if closed_until is not None:
             belongs = or_(belongs, t.UsageEvent.ts < closed_until)
         unbilled = and_(unbilled, belongs)
-    return period, rate_period(session, ctx, period, new=unbilled, billed_before=None)
+    settled = and_(t.UsageEvent.billing_group_id == ctx.group.id, claims.settled(mark))
+    return period, rate_period(session, ctx, period, new=unbilled, settled=settled)
 
 
 def daily_charges(
@@ -533,7 +520,7 @@ def daily_charges(
     period = ctx.schedule.containing(at)
     window = and_(
         t.UsageEvent.billing_group_id == ctx.group.id,
-        t.UsageEvent.close_id.is_(None),
+        claims.unsettled(claims.mark(session, ctx.group.id)),
         _period_range(ctx, period),
         t.UsageEvent.ts < at,
     )
@@ -596,21 +583,21 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
     ev = t.UsageEvent
     by_id = {ctx.group.id: ctx for ctx in contexts}
     periods = {ctx.group.id: ctx.schedule.containing(at) for ctx in contexts}
+    marks = claims.marks(session, list(by_id))
     project_keys: dict[int, str] = {}  # filled from the usage queries, which join the projects
-    # draft_lines' unbilled events of the open period itself (rate_period's "current"), one
-    # condition per distinct window: an organization's groups mostly share their periods.
-    windows: dict[tuple[datetime | None, datetime], list[int]] = defaultdict(list)
+    # draft_lines' unbilled events of the open period itself (rate_period's "current").
+    windows: dict[int, tuple[datetime | None, datetime]] = {}
     for g, ctx in by_id.items():
         period = periods[g]
         first = period.start == ctx.group.created_at  # see _period_range
-        windows[(None if first else period.start, period.end)].append(g)
+        windows[g] = (None if first else period.start, period.end)
     unbilled = [
         and_(
-            ev.billing_group_id.in_(group_ids),
-            ev.close_id.is_(None),
+            ev.billing_group_id == g,
+            claims.unsettled(marks[g]),
             ev.ts < end if start is None else and_(ev.ts >= start, ev.ts < end),
         )
-        for (start, end), group_ids in windows.items()
+        for g, (start, end) in windows.items()
     ]
     keys = (ev.billing_group_id, ev.metric, ev.project_id)
     sums = (
@@ -635,20 +622,15 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
     # ... and the unbilled events of closed periods (they arrived after the close): before the
     # open period and before the group's last close; those between belong to periods that
     # ended but are not closed yet, and are left to them.
-    last_close = (
-        select(func.max(t.PeriodClose.period_end))
-        .where(t.PeriodClose.billing_group_id == ev.billing_group_id)
-        .scalar_subquery()
-    )
     late_windows = [
         and_(
-            ev.billing_group_id.in_(group_ids),
-            ev.close_id.is_(None),
+            ev.billing_group_id == g,
+            claims.unsettled(marks[g]),
             ev.ts < start,
-            ev.ts < last_close,
+            ev.ts < end_of_last,
         )
-        for (start, _end), group_ids in windows.items()
-        if start is not None
+        for g, (start, _end) in windows.items()
+        if start is not None and (end_of_last := marks[g].end) is not None
     ]
     late: dict[int, dict[Period, LateEvents]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -662,7 +644,7 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
             project_keys[project_id] = key
             late_period = by_id[group_id].schedule.containing(ts)
             late[group_id][late_period][metric][project_id].append(quantity)
-    billed = _billed_before(session, by_id, late, project_keys)
+    billed = _billed_before(session, by_id, marks, late, project_keys)
     redemptions = active_redemptions_of(session, list(by_id))
     credits = available_credits_of(session, {g: ctx.group.currency for g, ctx in by_id.items()})
     result = []
@@ -692,6 +674,7 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
 def _billed_before(
     session: Session,
     contexts: dict[int, GroupContext],
+    marks: dict[int, claims.Mark],
     late: dict[int, dict[Period, LateEvents]],
     project_keys: dict[int, str],
 ) -> dict[tuple[int, Period], Aggregates]:
@@ -708,7 +691,7 @@ def _billed_before(
     windows = [
         and_(
             ev.billing_group_id == g,
-            ev.close_id.is_not(None),
+            claims.settled(marks[g]),
             _period_range(contexts[g], p),
             ev.metric.in_(late[g][p]),
         )

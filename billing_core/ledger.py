@@ -15,11 +15,12 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from sqlalchemy import Insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from billing_core import claims
 from billing_core.db import tables as t
+from billing_core.db.engine import dialect_insert
 from billing_core.errors import InvalidInput
 from billing_core.loader import PAYMENT_METHODS, QUANTITY_DECIMALS
 from billing_core.money import FloatLiteral, minor_unit_exponent, parse_decimal
@@ -28,12 +29,6 @@ from billing_core.validate import Obj, unstorable
 
 IMPORT_BATCH = 1000  # rows per executemany (SQLite)
 PG_IMPORT_BATCH = 20_000  # rows per COPY and INSERT (PostgreSQL): bounds the memory held
-
-
-def dialect_insert(session: Session, table: Any) -> Any:
-    """INSERT that understands ON CONFLICT on both backends."""
-    name = session.get_bind().dialect.name
-    return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
 
 
 def next_in_sequence(session: Session, name: str, year: int) -> int:
@@ -91,9 +86,18 @@ def audit(
 def reassign_project(
     session: Session, *, project: t.Project, group: t.BillingGroup, at: datetime, actor: str
 ) -> None:
-    """Move a project to ``group`` from ``at`` on; its unbilled usage from then on follows."""
+    """Move a project to ``group`` from ``at`` on; its unbilled usage from then on follows.
+
+    The caller holds both groups' locks. An event of a period the new group has closed already
+    (stamped after ``at`` but before that close's end: a move dated in the past) stays with the
+    old group, which bills it as late usage, rather than hide inside the new group's settled
+    usage.
+    """
     if group.organization_id != project.organization_id:
         raise InvalidInput("a project can only move to a group of its own organization")
+    source_id = project.billing_group_id
+    marks = claims.marks(session, {source_id, group.id})
+    source, target = marks[source_id], marks[group.id]
     project.billing_group_id = group.id
     session.add(
         t.ProjectAssignment(
@@ -106,8 +110,10 @@ def reassign_project(
         update(t.UsageEvent)
         .where(
             t.UsageEvent.project_id == project.id,
+            t.UsageEvent.billing_group_id == source_id,
             t.UsageEvent.ts >= at,
-            t.UsageEvent.close_id.is_(None),
+            claims.unsettled(source),
+            claims.unsettled(target),
         )
         .values(billing_group_id=group.id)
     )
@@ -446,6 +452,7 @@ class _CopyWriter:
     """
 
     def __init__(self, session: Session) -> None:
+        self.session = session
         self.connection = session.connection()
         self.staged = False
 
@@ -457,6 +464,8 @@ class _CopyWriter:
         fresh = [row for row in batch if row[0] not in stored] if stored else batch
         if not fresh:
             return 0
+        # Closes of these groups wait for this import to commit (see billing_core.claims).
+        claims.share_gates(self.session, {row[2] for row in fresh})
         savepoint = self.connection.begin_nested()
         try:
             self._copy(_COPY_DIRECT, fresh)

@@ -420,6 +420,7 @@ class _Loader:
                         "cannot change once the group has been billed", path=o.at(name)
                     )
         self.summary.count("billing groups", row is None)
+        created = row is None
         if row is None:
             row = t.BillingGroup(organization_id=org.id, key=key)
             self.s.add(row)
@@ -438,6 +439,8 @@ class _Loader:
         row.plan_id = plan.id if plan else None
         row.subscription_start = sub_start
         self.s.flush()
+        if created:
+            self.s.add(t.UsageGate(billing_group_id=row.id))  # see billing_core.claims
         if "contacts" in o.data:
             self.contacts(row, o)
         return row

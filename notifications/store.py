@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from billing_core import ledger
 from billing_core.db import tables as t
+from billing_core.db.engine import dialect_insert
 from billing_core.money import Money
 from billing_core.periods import Period, zone
 from notifications.plan import (
@@ -169,9 +170,7 @@ def apply_plan(session: Session, actions: Iterable[Action], *, now: datetime) ->
         else:
             _skip(session, action.row_id, action.note, now=now)
     for start in range(0, len(new), PLAN_CHUNK):  # one INSERT per chunk, not one per row
-        insert = ledger.dialect_insert(session, t.OutboxMessage).values(
-            new[start : start + PLAN_CHUNK]
-        )
+        insert = dialect_insert(session, t.OutboxMessage).values(new[start : start + PLAN_CHUNK])
         session.execute(
             insert.on_conflict_do_nothing(index_elements=["invoice_id", "step", "recipient"])
         )
@@ -179,7 +178,7 @@ def apply_plan(session: Session, actions: Iterable[Action], *, now: datetime) ->
 
 def _add_row(session: Session, *, now: datetime, **values: object) -> None:
     """Insert an outbox row unless its (invoice, step, recipient) exists already."""
-    insert = ledger.dialect_insert(session, t.OutboxMessage).values(
+    insert = dialect_insert(session, t.OutboxMessage).values(
         attempts=0, created_at=now, updated_at=now, **values
     )
     session.execute(

@@ -203,9 +203,14 @@ class Credit(Base):
 
 
 class UsageEvent(Base):
+    """A metered event. Which close settled it follows from the closes' watermarks (see
+    ``PeriodClose.usage_upto``); ``close_id`` marks only events settled before migration 0004,
+    when each close wrote its id on every event it claimed."""
+
     __tablename__ = "usage_events"
     __table_args__ = (
-        Index("ix_usage_events_group_close_ts", "billing_group_id", "close_id", "ts"),
+        Index("ix_usage_events_group_ts", "billing_group_id", "ts"),
+        Index("ix_usage_events_group_id", "billing_group_id", "id"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -214,11 +219,31 @@ class UsageEvent(Base):
     metric: Mapped[str] = mapped_column(String(100))
     quantity: Mapped[Decimal]
     ts: Mapped[datetime]
-    close_id: Mapped[int | None] = mapped_column(ForeignKey("period_closes.id"))
+    close_id: Mapped[int | None]  # legacy: the close that claimed it, before migration 0004
+
+
+class UsageGate(Base):
+    """One row per billing group that has had usage: imports hold it FOR SHARE while they
+    write the group's events, a close holds it FOR UPDATE, so a close sees every event of the
+    group that will ever have an id up to its ``usage_upto`` (PostgreSQL; SQLite has one
+    writer at a time)."""
+
+    __tablename__ = "usage_gates"
+    billing_group_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_groups.id"), primary_key=True, autoincrement=False
+    )
 
 
 class PeriodClose(Base):
-    """A billing group's period, closed: its usage is settled, with or without an invoice."""
+    """A billing group's period, closed: its usage is settled, with or without an invoice.
+
+    ``usage_upto`` is the highest usage event id when the close was made: it settled the
+    group's events with ``id <= usage_upto`` and ``ts < period_end`` that earlier closes had
+    not. Ids only grow and a close holds its group's ``UsageGate``, so the events of a group
+    settled by its closes so far are exactly those inside the last close's (usage_upto,
+    period_end) corner: nothing is written on the events themselves. NULL: a close made
+    before migration 0004, whose events carry its id in ``usage_events.close_id``.
+    """
 
     __tablename__ = "period_closes"
     __table_args__ = (UniqueConstraint("billing_group_id", "period_start"),)
@@ -227,6 +252,7 @@ class PeriodClose(Base):
     period_start: Mapped[datetime]
     period_end: Mapped[datetime]
     closed_at: Mapped[datetime]
+    usage_upto: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Invoice(Base):

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -357,6 +358,7 @@ def test_a_run_killed_half_way_resumes_to_the_same_invoices(
                 t.PeriodClose.billing_group_id,
                 t.PeriodClose.period_start,
                 t.PeriodClose.period_end,
+                t.PeriodClose.usage_upto,
             )
         ).all()
         invoices = conn.execute(
@@ -365,21 +367,23 @@ def test_a_run_killed_half_way_resumes_to_the_same_invoices(
             .group_by(t.Invoice.id)
         ).all()
         events = conn.execute(
-            sa.select(t.UsageEvent.billing_group_id, t.UsageEvent.ts, t.UsageEvent.close_id)
+            sa.select(t.UsageEvent.billing_group_id, t.UsageEvent.ts, t.UsageEvent.id)
         ).all()
         counter = conn.scalar(sa.text("SELECT value FROM counters WHERE name = 'invoice'"))
-    assert sorted((g, s) for _, g, s, _ in closes) == sorted((g, p.start) for g, p in due[:done])
+    assert sorted((g, s) for _, g, s, _, _ in closes) == sorted((g, p.start) for g, p in due[:done])
     assert sorted(n for _, n, _ in invoices) == gapless(done) and counter == done
     assert {c for c, _, _ in invoices} == {c[0] for c in closes}  # every close has its invoice
     assert all(lines > 0 for _, _, lines in invoices)
-    close_of = {c[0]: c for c in closes}
-    closed_until = {g: end for _, g, _, end in closes}
-    for group_id, ts, close_id in events:
-        if close_id is None:  # unclaimed: its group's closed periods are over before it
-            assert ts >= closed_until.get(group_id, ts)
-        else:  # claimed by a close of its own group, for a period it belongs to
-            _, close_group, _, close_end = close_of[close_id]
-            assert close_group == group_id and ts < close_end
+    # All usage was imported before the run: an event before its group's last closed end is
+    # under that close's watermark (settled); the rest is after it (left to the next close).
+    last: dict[int, tuple[int, datetime]] = {}
+    for _, g, _, end, upto in closes:
+        if g not in last or end > last[g][1]:
+            last[g] = (upto, end)
+    assert all(upto is not None for upto, _ in last.values())
+    for group_id, ts, event_id in events:
+        if group_id in last and ts < last[group_id][1]:
+            assert event_id <= last[group_id][0]
 
     rerun = start_run(pg_url)
     code, out, err = rerun.finish()
