@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from billing_core import claims
 from billing_core.db import tables as t
-from billing_core.db.engine import dialect_insert
+from billing_core.db.engine import copy_rows, dialect_insert
 from billing_core.errors import InvalidInput
 from billing_core.loader import PAYMENT_METHODS, QUANTITY_DECIMALS
 from billing_core.money import FloatLiteral, minor_unit_exponent, parse_decimal
@@ -486,17 +486,7 @@ class _CopyWriter:
         return int(self.connection.execute(_MOVE).scalar_one())
 
     def _copy(self, statement: str, rows: list[Any]) -> None:
-        driver = self.connection.connection.driver_connection
-        assert driver is not None  # noqa: S101
-        import psycopg  # noqa: PLC0415 - PostgreSQL only
-
-        try:
-            with driver.cursor() as cursor, cursor.copy(statement) as copy:
-                write = copy.write_row
-                for row in rows:
-                    write(row)
-        except psycopg.Error as exc:  # a duplicate id, or a NUL character PostgreSQL refuses
-            raise DBAPIError(statement, None, exc) from None
+        copy_rows(self.connection, statement, rows)
 
 
 # --- payments ----------------------------------------------------------------------------

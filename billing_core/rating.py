@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_PREC, Context, Decimal, Inexact, Rounded
 from fractions import Fraction
 from typing import Literal
 
@@ -85,9 +85,40 @@ def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]
     if units != amount.amount * scale:
         raise ValueError(f"{amount} is not rounded to the minor unit; round before sharing")
     keys = sorted(weights)
-    total_weight = sum((weights[k] for k in keys), ZERO)
     if not keys:
         return {}
+    if units < 0:
+        return _share_out_fractions(amount, units, scale, keys, weights)
+    # Exact in integers: the weights scaled to whole numbers share one denominator, so the
+    # floors and remainders of units * w / total compare exactly, as Fractions would.
+    whole = _whole_numbers([weights[k] for k in keys])
+    total = sum(whole)
+    if total == 0:
+        whole, total = [1] * len(keys), len(keys)
+    floors, remainders = {}, {}
+    for k, w in zip(keys, whole, strict=True):
+        floors[k], remainders[k] = divmod(units * w, total)
+    left = units - sum(floors.values())
+    for k in sorted(keys, key=lambda k: (-remainders[k], k))[:left]:
+        floors[k] += 1
+    currency = amount.currency
+    return {k: Money(Decimal(floors[k]) / scale, currency) for k in keys}
+
+
+def _whole_numbers(values: Sequence[Decimal]) -> list[int]:
+    """``values`` times the one power of ten that makes them all whole, exactly."""
+    shift = max(0, *(-int(v.as_tuple().exponent) for v in values))
+    return [int(v.scaleb(shift, _EXACT)) for v in values]
+
+
+# Enough digits for any quantity: scaleb only moves the exponent; Inexact would raise.
+_EXACT = Context(prec=MAX_PREC, traps=[Inexact, Rounded])
+
+
+def _share_out_fractions(
+    amount: Money, units: int, scale: int, keys: list[str], weights: Mapping[str, Decimal]
+) -> dict[str, Money]:
+    total_weight = sum((weights[k] for k in keys), ZERO)
     if total_weight == 0:
         exact = {k: Fraction(units, len(keys)) for k in keys}
     else:

@@ -144,6 +144,7 @@ class BillingService:
         """
         require_aware(at)
         report = RunReport()
+        self.db.refresh_visibility("usage_events")  # see batch._SETTLE
         with self.db.transaction() as session:
             due = issuing.due_periods(session, at)
         for group_id, closed in batch.close_due(self.db, due, at=at, prefix=self.invoice_prefix):

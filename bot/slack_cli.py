@@ -14,9 +14,6 @@ from billing_core.errors import BillingError
 from billing_core.periods import parse_timestamp
 from billing_core.services import BillingService
 from billing_core.settings import Settings
-from bot.format import parse_locale
-from bot.handlers import Asker, Handlers, utc_now
-from notifications.scheduler import start_scheduler
 
 log = logging.getLogger("billing_bot.slack_cli")
 
@@ -100,7 +97,9 @@ def cmd_socket(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.console import run_console  # noqa: PLC0415
+    from bot.console import run_console  # noqa: PLC0415 - each command imports what it runs
+    from bot.format import parse_locale  # noqa: PLC0415
+    from bot.handlers import Asker, Handlers, utc_now  # noqa: PLC0415
 
     locale = parse_locale(args.locale)
     if args.locale and locale is None:
@@ -144,6 +143,8 @@ def _scheduler(
         return []
 
     def begin() -> Stop:
+        from notifications.scheduler import start_scheduler  # noqa: PLC0415
+
         scheduler = start_scheduler(settings=settings, service=service)
         return lambda: scheduler.shutdown()
 

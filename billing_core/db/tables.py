@@ -209,8 +209,15 @@ class UsageEvent(Base):
 
     __tablename__ = "usage_events"
     __table_args__ = (
-        Index("ix_usage_events_group_ts", "billing_group_id", "ts"),
-        Index("ix_usage_events_group_id", "billing_group_id", "id"),
+        # Everything a close or a balance reads of an event, so that on PostgreSQL a vacuumed
+        # table is read from the index alone; and by id, for the usage since a close.
+        Index(
+            "ix_usage_events_group_ts",
+            "billing_group_id",
+            "ts",
+            postgresql_include=["id", "metric", "project_id", "quantity", "close_id"],
+        ),
+        Index("ix_usage_events_group_id", "billing_group_id", "id", postgresql_include=["ts"]),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)

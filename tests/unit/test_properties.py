@@ -155,6 +155,47 @@ def test_project_shares_add_up_exactly_and_are_never_negative(
     assert all(p.rounded() == p for p in parts.values())  # whole minor units
 
 
+def largest_remainder_by_fractions(amount: Money, weights: dict[str, Decimal]) -> dict[str, Money]:
+    """The definition, in Fractions: what ``share_out`` computes in integers."""
+    scale = 10 ** minor_unit_exponent(amount.currency)
+    units = int(amount.amount * scale)
+    keys = sorted(weights)
+    total = sum(weights.values(), ZERO)
+    exact = {
+        k: Fraction(units, len(keys))
+        if total == 0
+        else Fraction(units) * Fraction(weights[k]) / Fraction(total)
+        for k in keys
+    }
+    floors = {k: int(exact[k]) for k in keys}
+    for k in sorted(keys, key=lambda k: (-(exact[k] - floors[k]), k))[
+        : units - sum(floors.values())
+    ]:
+        floors[k] += 1
+    return {k: Money(D(floors[k]) / scale, amount.currency) for k in keys}
+
+
+@MATHS_SETTINGS
+@given(
+    data=st.data(),
+    weights=st.dictionaries(
+        projects,
+        st.one_of(
+            quantities, st.decimals(min_value=0, max_value=10**12, places=0), st.just(D("1E+3"))
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    currency=currencies,
+)
+def test_shares_are_the_largest_remainder_split_exactly(
+    data: st.DataObject, weights: dict[str, Decimal], currency: str
+) -> None:
+    amount = data.draw(minor_units(currency))
+
+    assert share_out(amount, weights) == largest_remainder_by_fractions(amount, weights)
+
+
 @MATHS_SETTINGS
 @given(
     data=st.data(),
