@@ -1,9 +1,10 @@
 """Slack's side over real HTTP: signed slash commands, and a response_url receiver.
 
 A command is POSTed to ``/slack/events`` signed the way Slack signs it (v0 HMAC-SHA256 over
-``v0:{ts}:{body}``). The bot acks at once and answers later through response_url; that URL
-points at :class:`Receiver`, which notes when each answer arrives, so a client can time both
-the ack and the answer the user sees.
+``v0:{ts}:{body}``). The bot answers in the ack when the answer is ready in time, else acks
+empty and answers later through response_url; that URL points at :class:`Receiver`, which
+notes when each answer arrives, so a client can time both the ack and the answer the user
+sees (the ack's own time when it carried the answer).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class Receiver:
 @dataclass(frozen=True)
 class Timing:
     ack: float  # seconds from sending to the HTTP answer
-    answer: float | None  # seconds from sending to the answer at response_url (None: ack-only)
+    answer: float | None  # seconds from sending to the answer, in the ack or at response_url
     ok: bool
 
 
@@ -152,10 +153,12 @@ class Client:
         }
         self.conn.request("POST", "/slack/events", body=body.encode(), headers=headers)
         response = self.conn.getresponse()
-        response.read()
+        content = response.read()
         acked = time.perf_counter() - started
         if response.status != 200:
             return Timing(acked, None, False)
+        if content.strip():  # answered in the ack: that is when the user sees it
+            return Timing(acked, acked, not looks_failed(json.loads(content)))
         if not wait_answer or self.receiver is None:
             return Timing(acked, None, True)
         got = self.receiver.wait(key, timeout=60)

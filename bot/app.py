@@ -1,9 +1,12 @@
 """The Slack app: Bolt listeners in front of bot.handlers.
 
-Every listener acks at once, without touching the database, and does its work in a Bolt lazy
-listener (``process_before_response=True``): ack runs in the request thread, so even a locked
-database or a busy worker pool cannot make Slack see a timeout. Answers go privately to the
-asker: ephemeral through response_url, the DM itself, or chat.postEphemeral for @mentions.
+A slash command is worked out in the worker pool while the request thread waits up to
+ANSWER_IN_ACK_WITHIN: an answer ready by then goes back in the ack itself (one round trip, the
+usual case); otherwise the ack goes empty and the answer follows through response_url when it
+is ready, so even a locked database or a busy pool cannot make Slack see a timeout. Every
+other listener acks at once, without touching the database, and does its work in a Bolt lazy
+listener (``process_before_response=True``). Answers go privately to the asker: ephemeral
+(in the ack or through response_url), the DM itself, or chat.postEphemeral for @mentions.
 Files (invoice PDFs, usage charts, the export) are uploaded to the asker's DM first
 (files_upload_v2), and the answer then says where they went, or that Slack refused them.
 """
@@ -14,7 +17,8 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from urllib.error import HTTPError
 
@@ -50,6 +54,8 @@ SCOPES = (
     "im:write",  # conversations.open: files go to the asker's DM
     "files:write",  # files_upload_v2
 )
+# How long a slash command's ack waits for its answer (Slack wants the ack within 3 s).
+ANSWER_IN_ACK_WITHIN = 1.0
 INSTALL_PATH = "/slack/install"
 REDIRECT_PATH = "/slack/oauth_redirect"
 OAUTH_STATE_SECONDS = 600
@@ -78,6 +84,7 @@ def build_app(
     clock: Clock | None = None,
     executor: Executor | None = None,
     socket_mode: bool = False,
+    answer_within: float = ANSWER_IN_ACK_WITHIN,
 ) -> App:
     """A Bolt app answering SPEC 6, in single-token or OAuth (multi-workspace) mode.
 
@@ -104,18 +111,22 @@ def build_app(
             RateLimitErrorRetryHandler(max_retry_count=2),
         ],
     )
+    work = executor or ThreadPoolExecutor(thread_name_prefix="billing-slack")
     common: dict[str, Any] = {
         "client": client,
         "signing_secret": settings.slack_signing_secret or "",
         "process_before_response": True,
-        "listener_executor": executor or ThreadPoolExecutor(thread_name_prefix="billing-slack"),
+        "listener_executor": work,
     }
     if oauth:
         app = App(**common, **_oauth(settings, service, client))
     else:
         settings.require("slack_bot_token")
         app = App(**common)
-    SlackBot(handlers, audit_channel=settings.audit_channel).register(app, settings.slack_command)
+    bot = SlackBot(
+        handlers, audit_channel=settings.audit_channel, work=work, answer_within=answer_within
+    )
+    bot.register(app, settings.slack_command)
     return app
 
 
@@ -199,15 +210,23 @@ class SlackBot:
     """Listeners: each acks, then (lazily) asks bot.handlers and delivers the answer."""
 
     def __init__(
-        self, handlers: Handlers, *, audit_channel: str | None, directory: Directory | None = None
+        self,
+        handlers: Handlers,
+        *,
+        audit_channel: str | None,
+        directory: Directory | None = None,
+        work: Executor | None = None,
+        answer_within: float = ANSWER_IN_ACK_WITHIN,
     ) -> None:
         self.handlers = handlers
         self.audit_channel = audit_channel
         self.directory = directory or Directory()
+        self.work = work or ThreadPoolExecutor(thread_name_prefix="billing-slack")
+        self.answer_within = answer_within
 
     def register(self, app: App, command: str) -> None:
         app.middleware(skip_timeout_retries)
-        app.command(command)(ack=_ack, lazy=[self.on_command])
+        app.command(command)(self.on_command)
         app.action(re.compile(f"^({CONFIRM_ACTION}|{CANCEL_ACTION})$"))(
             ack=_ack, lazy=[self.on_button]
         )
@@ -220,15 +239,47 @@ class SlackBot:
         app.event("app_home_opened")(ack=_ack, lazy=[self.on_home])
         app.error(self.on_error)
 
-    # -- listeners (lazy: they run after the ack) ----------------------------------------
+    # -- listeners ------------------------------------------------------------------------
 
-    def on_command(self, body: dict[str, Any], client: WebClient) -> None:
+    def on_command(self, ack: Any, body: dict[str, Any], client: WebClient) -> None:
+        """In the request thread: the answer in the ack if it is ready within answer_within,
+        else an empty ack now and the answer through response_url once it is."""
+        job = self.work.submit(self._command, body, client)
+        try:
+            outcome = job.result(timeout=self.answer_within) if self.answer_within > 0 else None
+        except FutureTimeout:
+            outcome = None
+        except Exception as exc:
+            ack(**_failed(exc, body).message())
+            return
+        if outcome is None:
+            ack()
+            url = body.get("response_url")
+            job.add_done_callback(lambda done: self._answer_later(url, client, done))
+            return
+        ack(response_type="ephemeral", **outcome.reply.message())
+        if outcome.change is not None and self.audit_channel:
+            self.work.submit(self._audit, client, outcome)
+
+    def _command(self, body: dict[str, Any], client: WebClient) -> Outcome:
         asker = self._asker(client, body.get("team_id"), body.get("user_id"))
-        outcome = self._hand_over(
-            client, asker, self.handlers.command(asker, body.get("text") or "")
-        )
-        self._respond(body.get("response_url"), outcome, replace=False)
-        self._audit(client, outcome)
+        return self._hand_over(client, asker, self.handlers.command(asker, body.get("text") or ""))
+
+    def _answer_later(self, url: object, client: WebClient, done: Future[Outcome]) -> None:
+        """The answer that missed the ack, through response_url; in the pool, never in the
+        request thread (which may not have sent the ack yet)."""
+
+        def deliver() -> None:
+            try:
+                outcome = done.result()
+            except Exception as exc:
+                outcome = Outcome(_failed(exc, {}), None)
+            self._respond(url, outcome, replace=False)
+            self._audit(client, outcome)
+
+        self.work.submit(deliver)
+
+    # -- lazy listeners (they run after the ack) -----------------------------------------
 
     def on_button(self, body: dict[str, Any], client: WebClient) -> None:
         asker, action = self._clicked(client, body)
@@ -388,6 +439,19 @@ class SlackBot:
             send()
         except Exception as exc:
             log.error("could not deliver the %s: %s", what, _reason(exc))
+
+
+def _failed(exc: Exception, body: dict[str, Any]) -> views.Reply:
+    """A command that raised where no refusal was expected: logged with a reference (never
+    the request, which may hold a token), and the asker told so rather than left waiting."""
+    reference = uuid.uuid4().hex[:10]
+    log.error(
+        "a /billing command failed (team %s, reference %s)",
+        body.get("team_id"),
+        reference,
+        exc_info=exc,
+    )
+    return views.apology(reference)
 
 
 def _reason(exc: Exception) -> str:

@@ -504,8 +504,17 @@ class SlackEmulator:
             return [copy.deepcopy(v) for v in self._views if user is None or v["user_id"] == user]
 
     def responses(self, key: str | None = None) -> list[dict[str, Any]]:
+        """What the asker of command ``key`` was shown: answers in the ack and through its
+        response_url, in the order Slack received them."""
         with self._lock:
             return [copy.deepcopy(body) for k, body in self._responses if key is None or k == key]
+
+    def answered_in_ack(self, key: str, body: dict[str, Any]) -> None:
+        """Slack shows a slash command's non-empty ack body as the answer, like a response_url
+        post; the test's sender hands it here (recorded as a call to ``ack``)."""
+        with self._lock:
+            self._responses.append((key, copy.deepcopy(body)))
+            self._record("ack", body, {}, _Reply(200, text="ok"))
 
     def upload_url(self, file_id: str) -> str:
         return f"{self.base_url}/upload/{quote(file_id, safe='')}"

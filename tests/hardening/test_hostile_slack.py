@@ -26,10 +26,9 @@ from tests.hardening.conftest import changed_tables, snapshot
 from tests.notifications.conftest import sqlite_only
 from tests.slack.blockkit import assert_valid_blocks
 from tests.slack.conftest import ADMIN, DEV, NOW, audit_log, redemptions, running
-from tests.slack.slackside import SECRET, TEAM, Slack, as_text, sign, wait_for
+from tests.slack.slackside import FORM, SECRET, TEAM, Slack, as_text, sign, wait_for
 from tests.slack_emulator import SlackEmulator
 
-FORM = "application/x-www-form-urlencoded"
 SUBCOMMANDS = (
     "help",
     "balance",

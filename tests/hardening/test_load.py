@@ -93,7 +93,8 @@ def server(
 
 
 class Inbox:
-    """Where the answers go: a response_url receiver that counts answers per command."""
+    """Where the answers go: a response_url receiver that counts answers per command (the
+    senders add the answers that came in the ack)."""
 
     def __init__(self) -> None:
         self.answers: Counter[str] = Counter()
@@ -105,10 +106,7 @@ class Inbox:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                text = str(json.loads(body).get("text", ""))
-                with inbox.lock:
-                    inbox.answers[self.path.rsplit("/", 1)[-1]] += 1
-                    inbox.apologies += "Sorry, something went wrong" in text
+                inbox.take(self.path.rsplit("/", 1)[-1], json.loads(body))
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -120,6 +118,12 @@ class Inbox:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def take(self, key: str, answer: dict[str, object]) -> None:
+        """An answer: through response_url, or in the ack itself."""
+        with self.lock:
+            self.answers[key] += 1
+            self.apologies += "Sorry, something went wrong" in str(answer.get("text", ""))
 
     def url(self, key: str) -> str:
         host, port = self.server.server_address[:2]
@@ -165,8 +169,10 @@ def send(base: str, emulator: SlackEmulator, inbox: Inbox, numbers: range) -> Co
             user = ASKERS[number % len(ASKERS)]
             text = TEXTS[number % len(TEXTS)]
             started = time.monotonic()
-            response, _ = client.command(user, text, key=f"load-{number}")
+            response, key = client.command(user, text, key=f"load-{number}")
             inbox.acks.append(time.monotonic() - started)
+            if response.status_code == 200 and response.content.strip():
+                inbox.take(key, response.json())  # answered in the ack
             return response.status_code
 
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:

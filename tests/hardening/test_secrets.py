@@ -85,8 +85,9 @@ def serve_scenarios(base: str, emu: SlackEmulator, pg_url: str) -> None:
         slack.ask_dm(DEV, "help")
         emu.fail_next("users.info", error="invalid_auth")
         slack.ask(DEV, "credits")
+        question = slack.ask(ADMIN, "assign web eng")
         emu.fail_next("response_url", status=500, times=3)  # the answer and its 2 retries
-        slack.command(DEV, "groups")
+        slack.click(ADMIN, buttons(question)["assign_cancel"], key="cancelled")
         wait_for(
             lambda: len([c for c in emu.calls_to("response_url") if c.status == 500]) == 3,
             what="the failed answer",

@@ -70,7 +70,7 @@ def assert_valid_home(view: dict[str, Any]) -> None:
 def sent_payloads(emu: SlackEmulator) -> list[tuple[str, dict[str, Any]]]:
     """Everything with blocks the bot sent: messages, ephemerals, responses, Home views."""
     found = []
-    for method in ("chat.postMessage", "chat.postEphemeral", "chat.update", "response_url"):
+    for method in ("chat.postMessage", "chat.postEphemeral", "chat.update", "response_url", "ack"):
         found += [(method, call.params) for call in emu.calls_to(method)]
     found += [("views.publish", call.params) for call in emu.calls_to("views.publish")]
     return found

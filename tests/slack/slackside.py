@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import httpx
 import uvicorn
@@ -25,6 +25,8 @@ from starlette.types import ASGIApp
 
 from bot.textview import render_blocks
 from tests.slack_emulator import SlackEmulator
+
+FORM = "application/x-www-form-urlencoded"
 
 T = TypeVar("T")
 TEAM = "T0ACME"
@@ -131,7 +133,19 @@ class Slack:
             "X-Slack-Signature": signature or sign(body, ts, self.secret),
             **(headers or {}),
         }
-        return self.http.post("/slack/events", content=body.encode(), headers=sent)
+        response = self.http.post("/slack/events", content=body.encode(), headers=sent)
+        self._shown_from_ack(body, content_type, response)
+        return response
+
+    def _shown_from_ack(self, body: str, content_type: str, response: httpx.Response) -> None:
+        """A slash command's ack with a body is its answer: Slack shows it as it shows a
+        response_url post, so it goes to the emulator's answers under the command's key."""
+        if content_type != FORM or response.status_code != 200 or not response.content.strip():
+            return
+        fields = dict(parse_qsl(body))
+        url = fields.get("response_url", "")
+        if "command" in fields and "/response/" in url:
+            self.emu.answered_in_ack(unquote(url.rsplit("/response/", 1)[1]), response.json())
 
     def command_body(
         self, user: str, text: str, *, key: str, channel: str = "C0GENERAL", team: str = TEAM
@@ -163,7 +177,7 @@ class Slack:
         return self.post(body, content_type="application/x-www-form-urlencoded"), key
 
     def ask(self, user: str, text: str, **kwargs: Any) -> dict[str, Any]:
-        """A /billing command and the bot's answer through response_url."""
+        """A /billing command and the bot's answer (in the ack, or through response_url)."""
         response, key = self.command(user, text, **kwargs)
         assert response.status_code == 200, response.text
         return self.answer(key)

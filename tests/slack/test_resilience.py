@@ -76,11 +76,24 @@ def test_an_unexpected_error_is_logged_and_answered_with_a_reference(
     assert "xoxb" not in caplog.text
 
 
-def test_a_failing_response_url_is_retried(slack: Slack, emulator: SlackEmulator) -> None:
-    emulator.fail_next("response_url", status=500)
+def test_an_answer_ready_in_time_comes_in_the_ack_itself(
+    slack: Slack, emulator: SlackEmulator
+) -> None:
     response, key = slack.command(DEV, "help")
     assert response.status_code == 200
-    assert "Billing commands" in as_text(slack.answer(key))
+    answer = response.json()
+    assert answer["response_type"] == "ephemeral" and "Billing commands" in as_text(answer)
+    assert emulator.responses(key) == [answer] and emulator.calls_to("response_url") == []
+
+
+def test_a_failing_response_url_is_retried(
+    slack: Slack, emulator: SlackEmulator, db_url: str
+) -> None:
+    emulator.fail_next("response_url", status=500)
+    with database_locked(db_url):  # the answer misses the ack: it goes through response_url
+        response, key = slack.command(DEV, "balance")
+    assert response.status_code == 200 and not response.content.strip()
+    assert "Due if invoiced now" in as_text(slack.answer(key))
     assert [c.status for c in emulator.calls_to("response_url")] == [500, 200]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def test_socket_mode_needs_no_signing_secret_and_answers_the_same(
         # What SocketModeHandler does with each envelope's payload (a dict, unsigned).
         response = app.dispatch(BoltRequest(mode="socket_mode", body=payload))
         assert response.status == 200
+        # The handler sends this body back with the envelope's ack: Slack shows it.
+        assert "1.469,06 € unpaid" in as_text(json.loads(response.body))
+        # Past the wait for an answer in the ack, it goes through response_url.
+        slow = build_app(
+            settings, billed, clock=Clock(NOW), executor=executor, socket_mode=True, answer_within=0
+        )
+        response = slow.dispatch(BoltRequest(mode="socket_mode", body=payload))
+        assert response.status == 200 and not response.body
         answer = wait_for(lambda: emulator.responses("socket"), what="the socket-mode answer")
         assert "1.469,06 € unpaid" in as_text(answer[0])
     finally:
