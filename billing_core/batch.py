@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -591,31 +591,20 @@ def _insert(
         )
         allocated = sorted(conn.execute(sequence, {"t": name, "n": len(rows)}).scalars())
         columns = ["id", *columns]
-    utc = _utc_columns(table)
+    # Datetimes bound as UTCDateTime binds them (aware only, in UTC): COPY skips SQLAlchemy.
+    bind = UTCDateTime().process_bind_param
+    utc = {c.name for c in table.__table__.columns if isinstance(c.type, UTCDateTime)}
     copy_rows(
         conn,
         f"COPY {name} ({', '.join(columns)}) FROM STDIN",
         (
-            [row_id, *(_utc(row[c]) if c in utc else row[c] for c in columns[1:])]
+            [row_id, *(bind(row[c], conn.dialect) if c in utc else row[c] for c in columns[1:])]
             if ids
-            else [_utc(row[c]) if c in utc else row[c] for c in columns]
+            else [bind(row[c], conn.dialect) if c in utc else row[c] for c in columns]
             for row_id, row in zip(allocated or [0] * len(rows), rows, strict=True)
         ),
     )
     return allocated
-
-
-def _utc_columns(table: type[t.Base]) -> set[str]:
-    return {c.name for c in table.__table__.columns if isinstance(c.type, UTCDateTime)}
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """What ``UTCDateTime`` binds: aware datetimes only, in UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r} refused: every datetime must be aware")
-    return value.astimezone(UTC)
 
 
 def _document(row: dict[str, Any], lines: Sequence[Line]) -> _InvoiceDoc:

@@ -144,9 +144,10 @@ class BillingService:
         """
         require_aware(at)
         report = RunReport()
-        self.db.refresh_visibility("usage_events")  # see batch._SETTLE
         with self.db.transaction() as session:
             due = issuing.due_periods(session, at)
+        if due:  # not on every scheduler tick: only when there is something to close
+            self.db.refresh_visibility("usage_events")  # see batch._SETTLE
         for group_id, closed in batch.close_due(self.db, due, at=at, prefix=self.invoice_prefix):
             if isinstance(closed, BillingError):
                 report.failed.append((str(group_id), str(closed)))

@@ -113,6 +113,14 @@ def pg_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def engine(pg_url: str) -> Iterator[sa.Engine]:
+    """A plain engine on the test's PostgreSQL database: the test's own connections."""
+    created = sa.create_engine(pg_url)
+    yield created
+    created.dispose()
+
+
+@pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     yield database

@@ -279,13 +279,6 @@ def reference(
     return export_all(url)
 
 
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(pg_url)
-    yield created
-    created.dispose()
-
-
 def test_four_overlapping_runs_issue_each_invoice_once_with_gapless_numbers(
     pg_url: str, reference: list[dict[str, Any]], engine: sa.Engine, start_run: Callable[[str], Run]
 ) -> None:

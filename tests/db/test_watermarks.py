@@ -83,13 +83,6 @@ def run(service: BillingService, when: str) -> RunReport:
 
 
 @pytest.fixture
-def engine(pg_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(pg_url)
-    yield created
-    created.dispose()
-
-
-@pytest.fixture
 def pg_service(pg_url: str) -> Iterator[BillingService]:
     database = Database(pg_url)
     yield BillingService(database, invoice_prefix="INV")

@@ -9,7 +9,6 @@ server must answer the next request (its pool drops the dead connection).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -43,13 +42,6 @@ pytestmark = [pytest.mark.postgres]
 @pytest.fixture
 def db_url(pg_url: str) -> str:
     return pg_url
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(pg_url)
-    yield created
-    created.dispose()
 
 
 def kill_the_waiter(engine: sa.Engine) -> None:

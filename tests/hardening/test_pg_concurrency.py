@@ -55,13 +55,6 @@ def db_url(pg_url: str) -> str:
 
 
 @pytest.fixture
-def engine(pg_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(pg_url)
-    yield created
-    created.dispose()
-
-
-@pytest.fixture
 def wide(pg_url: str) -> Iterator[BillingService]:
     """A service whose pool lets every one of the writers hold its own connection."""
     database = Database(pg_url, pool_size=WRITERS, max_overflow=0)

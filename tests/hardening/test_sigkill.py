@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,13 +39,6 @@ SEED = 6_2026
 @pytest.fixture
 def db_url(pg_url: str) -> str:
     return pg_url
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(pg_url)
-    yield created
-    created.dispose()
 
 
 def issued(engine: sa.Engine) -> list[str]:
