@@ -463,31 +463,41 @@ def _store_lines(session: Session, invoice: t.Invoice, lines: Sequence[Line]) ->
     ]
 
 
+DUE_CHUNK = 1000  # groups fetched per round trip while listing due periods
+
+
 def due_periods(session: Session, at: datetime) -> list[tuple[int, Period]]:
     """Every (group, period) that ended at or before ``at`` and is not closed, oldest first."""
-    ends = dict(
-        session.execute(
-            select(t.PeriodClose.billing_group_id, func.max(t.PeriodClose.period_end)).group_by(
-                t.PeriodClose.billing_group_id
-            )
-        ).all()
+    # Plain columns in chunks (a server-side cursor on PostgreSQL), the last close joined in
+    # SQL: every group as an ORM object at once cost ~2.5 KB a group, the run's peak memory from
+    # ~10,000 groups on; the due list itself is what the run has to keep.
+    ends = (
+        select(
+            t.PeriodClose.billing_group_id.label("group_id"),
+            func.max(t.PeriodClose.period_end).label("end"),
+        )
+        .group_by(t.PeriodClose.billing_group_id)
+        .subquery()
     )
+    g = t.BillingGroup
     rows = session.execute(
-        select(t.BillingGroup, t.Organization.timezone)
-        .join(t.Organization, t.Organization.id == t.BillingGroup.organization_id)
-        .order_by(t.BillingGroup.id)
+        select(
+            g.id, g.created_at, g.subscription_start, g.plan_id, t.Organization.timezone, ends.c.end
+        )
+        .join(t.Organization, t.Organization.id == g.organization_id)
+        .outerjoin(ends, ends.c.group_id == g.id)
+        .order_by(g.id)
+        .execution_options(yield_per=DUE_CHUNK)
     )
     due: list[tuple[datetime, int, Period]] = []
-    for group, tz_name in rows:
-        schedule = Schedule(
-            zone(tz_name), group.created_at, group.subscription_start if group.plan_id else None
-        )
-        start = ends.get(group.id) or group.created_at
+    for group_id, created_at, subscription_start, plan_id, tz_name, last_end in rows:
+        schedule = Schedule(zone(tz_name), created_at, subscription_start if plan_id else None)
+        start = last_end or created_at
         while True:
             period = Period(start, schedule.next_boundary(start))
             if period.end > at:
                 break
-            due.append((period.end, group.id, period))
+            due.append((period.end, group_id, period))
             start = period.end
     due.sort(key=lambda item: (item[0], item[1]))
     return [(group_id, period) for _, group_id, period in due]
