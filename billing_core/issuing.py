@@ -14,8 +14,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, ScalarSelect, and_, case, func, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from billing_core import claims
 from billing_core.db import tables as t
@@ -612,10 +612,10 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
             sums.c.billing_group_id,
             sums.c.metric,
             sums.c.project_id,
-            t.Project.key,
+            _project_key(sums.c.project_id),
             sums.c.total,
             sums.c.peak,
-        ).join(t.Project, t.Project.id == sums.c.project_id)
+        )
     ):
         project_keys[project_id] = key
         current[group_id].append((metric, project_id, total, peak))
@@ -637,9 +637,14 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
     )
     if late_windows:
         for group_id, metric, project_id, key, quantity, ts in session.execute(
-            select(ev.billing_group_id, ev.metric, ev.project_id, t.Project.key, ev.quantity, ev.ts)
-            .join(t.Project, t.Project.id == ev.project_id)
-            .where(or_(*late_windows))
+            select(
+                ev.billing_group_id,
+                ev.metric,
+                ev.project_id,
+                _project_key(ev.project_id),
+                ev.quantity,
+                ev.ts,
+            ).where(or_(*late_windows))
         ):
             project_keys[project_id] = key
             late_period = by_id[group_id].schedule.containing(ts)
@@ -669,6 +674,12 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
         )
         result.append(Draft(ctx, period, lines, totals, applied))
     return result
+
+
+def _project_key(project_id: ColumnElement[int] | InstrumentedAttribute[int]) -> ScalarSelect[str]:
+    """A project's key, looked up row by row through the primary key. A join would let the
+    planner hash every project of every organization whenever it overestimates the rows."""
+    return select(t.Project.key).where(t.Project.id == project_id).scalar_subquery()
 
 
 def _billed_before(
@@ -703,11 +714,25 @@ def _billed_before(
         .where(or_(*windows))
         .subquery()
     )
-    keys = (events.c.which, events.c.metric, events.c.project_id, t.Project.key)
-    rows = session.execute(
-        select(*keys, dec_sum(events.c.quantity), dec_max(events.c.quantity))
-        .join(t.Project, t.Project.id == events.c.project_id)
+    keys = (events.c.which, events.c.metric, events.c.project_id)
+    sums = (
+        select(
+            *keys,
+            dec_sum(events.c.quantity).label("total"),
+            dec_max(events.c.quantity).label("peak"),
+        )
         .group_by(*keys)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            sums.c.which,
+            sums.c.metric,
+            sums.c.project_id,
+            _project_key(sums.c.project_id),
+            sums.c.total,
+            sums.c.peak,
+        )
     )
     for index, metric, project_id, key, total, peak in rows:
         project_keys[project_id] = key
