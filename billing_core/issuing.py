@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, ScalarSelect, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, and_, case, func, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from billing_core import claims
@@ -591,13 +591,32 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
         period = periods[g]
         first = period.start == ctx.group.created_at  # see _period_range
         windows[g] = (None if first else period.start, period.end)
-    unbilled = [
-        and_(
-            ev.billing_group_id == g,
-            claims.unsettled(marks[g]),
-            ev.ts < end if start is None else and_(ev.ts >= start, ev.ts < end),
+    # An open period usually starts where the group's last close ended; then "not settled"
+    # adds nothing to its range but close_id IS NULL (settled events lie before the close's
+    # end), and the groups sharing a window are asked for together: a short statement for an
+    # organization of many groups instead of a clause of six comparisons per group.
+    together: dict[tuple[datetime, datetime], list[int]] = defaultdict(list)
+    unbilled: list[ColumnElement[bool]] = []
+    for g, (start, end) in windows.items():
+        mark = marks[g]
+        if start is not None and (mark.upto is None or mark.end is None or start >= mark.end):
+            together[(start, end)].append(g)
+            continue
+        unbilled.append(
+            and_(
+                ev.billing_group_id == g,
+                claims.unsettled(mark),
+                ev.ts < end if start is None else and_(ev.ts >= start, ev.ts < end),
+            )
         )
-        for g, (start, end) in windows.items()
+    unbilled += [
+        and_(
+            ev.close_id.is_(None),
+            ev.billing_group_id.in_(ids),
+            ev.ts >= start,
+            ev.ts < end,
+        )
+        for (start, end), ids in together.items()
     ]
     keys = (ev.billing_group_id, ev.metric, ev.project_id)
     sums = (
@@ -622,15 +641,21 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
     # ... and the unbilled events of closed periods (they arrived after the close): before the
     # open period and before the group's last close; those between belong to periods that
     # ended but are not closed yet, and are left to them.
+    # Below the last close's end, "not settled" is close_id IS NULL and an id above the close's
+    # watermark; groups closed together share that watermark and end, and are asked together.
+    late_together: dict[tuple[int | None, datetime], list[int]] = defaultdict(list)
+    for g, (start, _end) in windows.items():
+        end_of_last = marks[g].end
+        if start is not None and end_of_last is not None:
+            late_together[(marks[g].upto, min(start, end_of_last))].append(g)
     late_windows = [
         and_(
-            ev.billing_group_id == g,
-            claims.unsettled(marks[g]),
-            ev.ts < start,
-            ev.ts < end_of_last,
+            ev.close_id.is_(None),
+            ev.billing_group_id.in_(ids),
+            ev.ts < before,
+            true() if upto is None else ev.id > upto,
         )
-        for g, (start, _end) in windows.items()
-        if start is not None and (end_of_last := marks[g].end) is not None
+        for (upto, before), ids in late_together.items()
     ]
     late: dict[int, dict[Period, LateEvents]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
