@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import MAX_PREC, Context, Decimal, Inexact, Rounded
+from decimal import Decimal
 from fractions import Fraction
+from math import lcm
 from typing import Literal
 
 from billing_core.money import Money, minor_unit_exponent, round_to_minor_unit
@@ -99,20 +100,20 @@ def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]
     for k, w in zip(keys, whole, strict=True):
         floors[k], remainders[k] = divmod(units * w, total)
     left = units - sum(floors.values())
-    for k in sorted(keys, key=lambda k: (-remainders[k], k))[:left]:
-        floors[k] += 1
+    if left:
+        for k in sorted(keys, key=lambda k: (-remainders[k], k))[:left]:
+            floors[k] += 1
     currency = amount.currency
     return {k: Money(Decimal(floors[k]) / scale, currency) for k in keys}
 
 
 def _whole_numbers(values: Sequence[Decimal]) -> list[int]:
-    """``values`` times the one power of ten that makes them all whole, exactly."""
-    shift = max(0, *(-int(v.as_tuple().exponent) for v in values))
-    return [int(v.scaleb(shift, _EXACT)) for v in values]
-
-
-# Enough digits for any quantity: scaleb only moves the exponent; Inexact would raise.
-_EXACT = Context(prec=MAX_PREC, traps=[Inexact, Rounded])
+    """``values`` times one common factor that makes them all whole, exactly."""
+    # Any common factor shares out alike (the floors stay, the remainders scale with it and
+    # keep their order); the least common denominator is the cheapest to find.
+    ratios = [v.as_integer_ratio() for v in values]
+    common = lcm(*(d for _, d in ratios))
+    return [n * (common // d) for n, d in ratios]
 
 
 def _share_out_fractions(
