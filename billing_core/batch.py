@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session
 
 from billing_core import claims, issuing
 from billing_core.db import tables as t
-from billing_core.db.engine import Database, copy_rows, dialect_insert
+from billing_core.db.engine import Database, among, copy_rows, dialect_insert
 from billing_core.db.types import UTCDateTime, dec_max, dec_sum
 from billing_core.errors import BillingError
 from billing_core.export import checksum, invoice_document
@@ -203,7 +203,7 @@ def _lock(session: Session, items: Sequence[tuple[int, Period]]) -> dict[int, t.
     if others:
         for group in session.scalars(
             select(t.BillingGroup)
-            .where(t.BillingGroup.id.in_(others))
+            .where(among(t.BillingGroup.id, others))
             .order_by(t.BillingGroup.id)
             .with_for_update(key_share=True, skip_locked=True)
         ):
@@ -220,19 +220,21 @@ def _contexts(
     orgs = {
         o.id: o
         for o in session.scalars(
-            select(t.Organization).where(t.Organization.id.in_({g.organization_id for g in groups}))
+            select(t.Organization).where(
+                among(t.Organization.id, {g.organization_id for g in groups})
+            )
         )
     }
     plan_ids = {g.plan_id for g in groups if g.plan_id}
     plans = (
-        {p.id: p for p in session.scalars(select(t.Plan).where(t.Plan.id.in_(plan_ids)))}
+        {p.id: p for p in session.scalars(select(t.Plan).where(among(t.Plan.id, plan_ids)))}
         if plan_ids
         else {}
     )
     prices: dict[int, dict[str, MetricPrice]] = defaultdict(dict)
     for row in session.scalars(
         select(t.MetricPriceRow)
-        .where(t.MetricPriceRow.price_list_id.in_({g.price_list_id for g in groups}))
+        .where(among(t.MetricPriceRow.price_list_id, {g.price_list_id for g in groups}))
         .order_by(t.MetricPriceRow.id)
     ):
         prices[row.price_list_id][row.metric] = issuing.metric_price(row)
@@ -367,7 +369,7 @@ def _close(
         keys.update(
             (pid, key)
             for pid, key in session.execute(
-                select(t.Project.id, t.Project.key).where(t.Project.id.in_(missing))
+                select(t.Project.id, t.Project.key).where(among(t.Project.id, missing))
             )
         )
 

@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db import tables as t
-from billing_core.db.engine import dialect_insert
+from billing_core.db.engine import among, dialect_insert
 
 ev = t.UsageEvent
 
@@ -83,7 +83,7 @@ def marks(session: Session, group_ids: Collection[int]) -> dict[int, Mark]:
             t.PeriodClose.billing_group_id.label("g"),
             func.max(t.PeriodClose.period_end).label("end"),
         )
-        .where(t.PeriodClose.billing_group_id.in_(list(group_ids)))
+        .where(among(t.PeriodClose.billing_group_id, group_ids))
         .group_by(t.PeriodClose.billing_group_id)
         .subquery()
     )
@@ -119,7 +119,7 @@ def _lock(session: Session, ids: list[int], *, share: bool, wait: bool = True) -
     """Lock the gate rows of ``ids``, creating those a group does not have yet."""
     statement = (
         select(t.UsageGate.billing_group_id)
-        .where(t.UsageGate.billing_group_id.in_(ids))
+        .where(among(t.UsageGate.billing_group_id, ids))
         .order_by(t.UsageGate.billing_group_id)
     )
     statement = (
@@ -138,7 +138,7 @@ def _lock(session: Session, ids: list[int], *, share: bool, wait: bool = True) -
             ),
             [{"billing_group_id": g} for g in missing],
         )
-        got |= set(session.scalars(statement.where(t.UsageGate.billing_group_id.in_(missing))))
+        got |= set(session.scalars(statement.where(among(t.UsageGate.billing_group_id, missing))))
     return got
 
 
