@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     and_,
     bindparam,
     func,
@@ -332,22 +333,7 @@ def _close(
 ) -> dict[int, issuing.Closed | None]:
     contexts = _contexts(session, [groups[g] for g, _ in todo])
     upto = claims.watermark(session)  # every gate is held: no lower id can appear any more
-    close_rows = session.connection().execute(
-        dialect_insert(session, t.PeriodClose)
-        .on_conflict_do_nothing(index_elements=["billing_group_id", "period_start"])
-        .returning(t.PeriodClose.id, t.PeriodClose.billing_group_id),
-        [
-            {
-                "billing_group_id": g,
-                "period_start": p.start,
-                "period_end": p.end,
-                "closed_at": at,
-                "usage_upto": upto,
-            }
-            for g, p in todo
-        ],
-    )
-    close_ids = {g: close_id for close_id, g in close_rows}
+    close_ids = _insert_closes(session, todo, at=at, upto=upto)
     outcomes: dict[int, issuing.Closed | None] = {}
     todo = [(g, p) for g, p in todo if g in close_ids]  # a conflict: closed meanwhile
     if not todo:
@@ -419,6 +405,58 @@ def _close(
                 issue.ctx.group.id, issue.period, issue.number
             )
     return outcomes
+
+
+def _insert_closes(
+    session: Session, todo: list[tuple[int, Period]], *, at: datetime, upto: int
+) -> dict[int, int]:
+    """Insert the closes of ``todo`` with the watermark ``upto``, ids in ``todo``'s order;
+    group -> close id, without the periods another run closed meanwhile (the unique key)."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            _CLOSES,
+            {
+                "gids": [g for g, _ in todo],
+                "starts": [p.start for _, p in todo],
+                "ends": [p.end for _, p in todo],
+                "at": at,
+                "upto": upto,
+            },
+        )
+    else:
+        rows = session.connection().execute(
+            dialect_insert(session, t.PeriodClose)
+            .on_conflict_do_nothing(index_elements=["billing_group_id", "period_start"])
+            .returning(t.PeriodClose.id, t.PeriodClose.billing_group_id),
+            [
+                {
+                    "billing_group_id": g,
+                    "period_start": p.start,
+                    "period_end": p.end,
+                    "closed_at": at,
+                    "usage_upto": upto,
+                }
+                for g, p in todo
+            ],
+        )
+    return {g: close_id for close_id, g in rows}
+
+
+# The closes of a batch as arrays: one short statement of the same text for every batch,
+# where a VALUES row per close cost SQLAlchemy and psycopg ~100k instructions a close to
+# build and parse. Ordered by position, so the ids follow the run's order as before.
+_CLOSES = text(
+    """
+INSERT INTO period_closes (billing_group_id, period_start, period_end, closed_at, usage_upto)
+SELECT c.gid, c.pstart, c.pend, :at, :upto
+FROM unnest(
+    CAST(:gids AS integer[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[])
+) WITH ORDINALITY AS c (gid, pstart, pend, position)
+ORDER BY c.position
+ON CONFLICT (billing_group_id, period_start) DO NOTHING
+RETURNING id, billing_group_id
+"""
+).bindparams(bindparam("at", type_=UTCDateTime()), bindparam("upto", type_=BigInteger()))
 
 
 def _number(session: Session, issues: list[_Issue], prefix: str) -> None:
