@@ -79,11 +79,13 @@ def aggregate(aggregation: Aggregation, quantities: Sequence[Decimal]) -> Decima
 def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]:
     """Split ``amount`` in proportion to ``weights`` by largest remainder, in minor units.
 
-    The parts always add up to ``amount`` exactly; ties go to the alphabetically first key.
+    The parts always add up to ``amount`` exactly and come in key order; ties go to the
+    alphabetically first key.
     """
     scale = 10 ** minor_unit_exponent(amount.currency)
-    units = int(amount.amount * scale)
-    if units != amount.amount * scale:
+    scaled = amount.amount * scale
+    units = int(scaled)
+    if units != scaled:
         raise ValueError(f"{amount} is not rounded to the minor unit; round before sharing")
     keys = sorted(weights)
     if not keys:
@@ -133,8 +135,9 @@ def _share_out_fractions(
 
 
 def _shares(amount: Money, quantities: Mapping[str, Decimal]) -> tuple[ProjectShare, ...]:
+    # share_out's parts come in key order already: no second sort
     parts = share_out(amount, quantities)
-    return tuple(ProjectShare(p, quantities[p], parts[p]) for p in sorted(quantities))
+    return tuple(ProjectShare(p, quantities[p], part) for p, part in parts.items())
 
 
 def rate_usage(
