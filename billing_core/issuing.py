@@ -19,7 +19,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from billing_core import claims
 from billing_core.db import tables as t
-from billing_core.db.engine import dialect_insert
+from billing_core.db.engine import among, dialect_insert
 from billing_core.db.types import dec_max, dec_sum
 from billing_core.errors import BillingError
 from billing_core.export import checksum, invoice_document
@@ -243,7 +243,7 @@ def active_redemptions_of(
     rows = session.execute(
         select(t.Redemption, t.CouponRow)
         .join(t.CouponRow, t.CouponRow.id == t.Redemption.coupon_id)
-        .where(t.Redemption.billing_group_id.in_(group_ids))
+        .where(among(t.Redemption.billing_group_id, group_ids))
         .order_by(t.Redemption.billing_group_id, t.Redemption.redeemed_at, t.Redemption.id)
     ).all()
     result: dict[int, list[tuple[ActiveRedemption, str]]] = defaultdict(list)
@@ -288,7 +288,7 @@ def available_credits_of(
             t.Credit.expires_at,
             t.Credit.granted_at,
         )
-        .where(t.Credit.billing_group_id.in_(list(currencies)))
+        .where(among(t.Credit.billing_group_id, currencies))
         .order_by(t.Credit.id)
     ).all()
     result: dict[int, list[AvailableCredit]] = defaultdict(list)

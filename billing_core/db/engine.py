@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import ColumnElement, bindparam, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 
 from billing_core.db.types import register_sqlite_functions
 
@@ -120,6 +120,14 @@ def dialect_insert(session: Session, table: Any) -> Any:
     """INSERT that understands ON CONFLICT on both backends."""
     name = session.get_bind().dialect.name
     return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
+
+
+def among(column: QueryableAttribute[int], ids: Collection[int]) -> ColumnElement[bool]:
+    """``column IN ids``, the ids written into the statement as integer literals."""
+    # A list of hundreds of ids bound one parameter each costs ~3 ms of client CPU per
+    # statement (SQLAlchemy expands it, psycopg parses the long text anew: too long for its
+    # cache); written inline, a sixth of that, on either backend.
+    return column.in_(bindparam(None, list(ids), expanding=True, literal_execute=True))
 
 
 def copy_rows(connection: Connection, statement: str, rows: Iterable[Sequence[Any]]) -> None:
