@@ -189,17 +189,26 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], *, timeout: float = 6
     raise RuntimeError(f"no answer on /healthz of port {port} after {timeout} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process ``pid`` has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(argv: list[str], *, env: dict[str, str], port: int, log: Path) -> Iterator[int]:
+def server(
+    argv: list[str], *, env: dict[str, str], port: int, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run an HTTP server process (``billing-bot serve`` or the ack-only app) until the block
-    ends; its output goes to ``log``."""
+    ends; its output goes to ``log``. Yields the process (for :func:`cpu_seconds`)."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=os.path.dirname(log)
         )
         try:
             wait_healthy(port, proc)
-            yield port
+            yield proc
         finally:
             proc.terminate()
             try:

@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db import tables as t
-from billing_core.db.engine import dialect_insert
+from billing_core.db.engine import among, dialect_insert
 
 ev = t.UsageEvent
 
@@ -78,25 +78,28 @@ def marks(session: Session, group_ids: Collection[int]) -> dict[int, Mark]:
     """Each group's last close as a ``Mark`` (NOTHING when it has none), in one query."""
     if not group_ids:
         return {}
+    ids = list(group_ids)
     last = (
         select(
             t.PeriodClose.billing_group_id.label("g"),
             func.max(t.PeriodClose.period_end).label("end"),
         )
-        .where(t.PeriodClose.billing_group_id.in_(list(group_ids)))
+        .where(among(t.PeriodClose.billing_group_id, ids))
         .group_by(t.PeriodClose.billing_group_id)
         .subquery()
     )
     rows = session.execute(
-        select(
-            t.PeriodClose.billing_group_id, t.PeriodClose.usage_upto, t.PeriodClose.period_end
-        ).join(
+        select(t.PeriodClose.billing_group_id, t.PeriodClose.usage_upto, t.PeriodClose.period_end)
+        .join(
             last,
             and_(
                 t.PeriodClose.billing_group_id == last.c.g,
                 t.PeriodClose.period_end == last.c.end,
             ),
         )
+        # Said again of the outer side: the planner does not carry it through the join, and
+        # without it hashes every close of every group (a scan growing with the history).
+        .where(among(t.PeriodClose.billing_group_id, ids))
     )
     found = {g: Mark(upto, end) for g, upto, end in rows}
     return {g: found.get(g, NOTHING) for g in group_ids}
@@ -119,7 +122,7 @@ def _lock(session: Session, ids: list[int], *, share: bool, wait: bool = True) -
     """Lock the gate rows of ``ids``, creating those a group does not have yet."""
     statement = (
         select(t.UsageGate.billing_group_id)
-        .where(t.UsageGate.billing_group_id.in_(ids))
+        .where(among(t.UsageGate.billing_group_id, ids))
         .order_by(t.UsageGate.billing_group_id)
     )
     statement = (
@@ -138,7 +141,7 @@ def _lock(session: Session, ids: list[int], *, share: bool, wait: bool = True) -
             ),
             [{"billing_group_id": g} for g in missing],
         )
-        got |= set(session.scalars(statement.where(t.UsageGate.billing_group_id.in_(missing))))
+        got |= set(session.scalars(statement.where(among(t.UsageGate.billing_group_id, missing))))
     return got
 
 

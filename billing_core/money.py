@@ -41,7 +41,16 @@ def minor_unit_exponent(currency: str) -> int:
 
 def round_to_minor_unit(amount: Decimal, currency: str) -> Decimal:
     """The one rounding rule: half up, to the currency's minor unit."""
-    return amount.quantize(Decimal(1).scaleb(-minor_unit_exponent(currency)), ROUND_HALF_UP)
+    quantum = _QUANTA.get(currency)
+    if quantum is None:
+        quantum = _QUANTA[currency] = Decimal(1).scaleb(-minor_unit_exponent(currency))
+    return amount.quantize(quantum, ROUND_HALF_UP)
+
+
+# The minor unit as a Decimal (0.01), by currency: every amount of an invoice is rounded or
+# printed through here, tens of times per invoice, and building the quantum cost as much as
+# the quantize itself.
+_QUANTA: dict[str, Decimal] = {}
 
 
 class FloatLiteral:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import MAX_PREC, Context, Decimal, Inexact, Rounded
+from decimal import Decimal
 from fractions import Fraction
+from math import lcm
 from typing import Literal
 
 from billing_core.money import Money, minor_unit_exponent, round_to_minor_unit
@@ -78,11 +79,13 @@ def aggregate(aggregation: Aggregation, quantities: Sequence[Decimal]) -> Decima
 def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]:
     """Split ``amount`` in proportion to ``weights`` by largest remainder, in minor units.
 
-    The parts always add up to ``amount`` exactly; ties go to the alphabetically first key.
+    The parts always add up to ``amount`` exactly and come in key order; ties go to the
+    alphabetically first key.
     """
     scale = 10 ** minor_unit_exponent(amount.currency)
-    units = int(amount.amount * scale)
-    if units != amount.amount * scale:
+    scaled = amount.amount * scale
+    units = int(scaled)
+    if units != scaled:
         raise ValueError(f"{amount} is not rounded to the minor unit; round before sharing")
     keys = sorted(weights)
     if not keys:
@@ -99,20 +102,20 @@ def share_out(amount: Money, weights: Mapping[str, Decimal]) -> dict[str, Money]
     for k, w in zip(keys, whole, strict=True):
         floors[k], remainders[k] = divmod(units * w, total)
     left = units - sum(floors.values())
-    for k in sorted(keys, key=lambda k: (-remainders[k], k))[:left]:
-        floors[k] += 1
+    if left:
+        for k in sorted(keys, key=lambda k: (-remainders[k], k))[:left]:
+            floors[k] += 1
     currency = amount.currency
     return {k: Money(Decimal(floors[k]) / scale, currency) for k in keys}
 
 
 def _whole_numbers(values: Sequence[Decimal]) -> list[int]:
-    """``values`` times the one power of ten that makes them all whole, exactly."""
-    shift = max(0, *(-int(v.as_tuple().exponent) for v in values))
-    return [int(v.scaleb(shift, _EXACT)) for v in values]
-
-
-# Enough digits for any quantity: scaleb only moves the exponent; Inexact would raise.
-_EXACT = Context(prec=MAX_PREC, traps=[Inexact, Rounded])
+    """``values`` times one common factor that makes them all whole, exactly."""
+    # Any common factor shares out alike (the floors stay, the remainders scale with it and
+    # keep their order); the least common denominator is the cheapest to find.
+    ratios = [v.as_integer_ratio() for v in values]
+    common = lcm(*(d for _, d in ratios))
+    return [n * (common // d) for n, d in ratios]
 
 
 def _share_out_fractions(
@@ -132,8 +135,9 @@ def _share_out_fractions(
 
 
 def _shares(amount: Money, quantities: Mapping[str, Decimal]) -> tuple[ProjectShare, ...]:
+    # share_out's parts come in key order already: no second sort
     parts = share_out(amount, quantities)
-    return tuple(ProjectShare(p, quantities[p], parts[p]) for p in sorted(quantities))
+    return tuple(ProjectShare(p, quantities[p], part) for p, part in parts.items())
 
 
 def rate_usage(

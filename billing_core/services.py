@@ -69,6 +69,28 @@ class Change:
     message: str
 
 
+# What each kind a load counts writes (statistics are refreshed after a big load).
+_LOADED_TABLES: dict[str, tuple[str, ...]] = {
+    "price lists": ("price_lists", "metric_prices"),
+    "plans": ("plans",),
+    "coupons": ("coupons",),
+    "organizations": ("organizations",),
+    "members": ("members",),
+    "billing groups": ("billing_groups", "contacts", "usage_gates"),
+    "units": ("units",),
+    "projects": ("projects", "project_assignments"),
+    "credits": ("credits",),
+}
+_INVOICE_TABLES = (
+    "invoices",
+    "invoice_lines",
+    "invoice_line_projects",
+    "invoice_discounts",
+    "credit_applications",
+)
+_PAYMENT_TABLES = ("payments", "payment_allocations")
+
+
 class BillingService:
     """The billing core's front: the CLI, the Slack bot and the scheduler all call this."""
 
@@ -81,15 +103,25 @@ class BillingService:
 
     def load(self, document: object, *, at: datetime) -> LoadSummary:
         with self.db.transaction() as session:
-            return load_document(session, document, at=require_aware(at))
+            summary = load_document(session, document, at=require_aware(at))
+        written: dict[str, int] = {}
+        for kind, count in (*summary.created.items(), *summary.updated.items()):
+            for table in _LOADED_TABLES.get(kind, ()):
+                written[table] = written.get(table, 0) + count
+        self.db.refresh_statistics(written)
+        return summary
 
     def import_usage(self, lines: Iterable[str]) -> ledger.ImportReport:
         with self.db.transaction() as session:
-            return ledger.import_usage(session, ledger.json_lines(lines))
+            report = ledger.import_usage(session, ledger.json_lines(lines))
+        self.db.refresh_statistics({"usage_events": report.accepted})
+        return report
 
     def import_usage_items(self, items: list[object]) -> ledger.ImportReport:
         with self.db.transaction() as session:
-            return ledger.import_usage(session, enumerate(items))
+            report = ledger.import_usage(session, enumerate(items))
+        self.db.refresh_statistics({"usage_events": report.accepted})
+        return report
 
     def import_payments(self, lines: Iterable[str], *, at: datetime) -> ledger.ImportReport:
         return self._payments(ledger.json_lines(lines), at=at)
@@ -127,6 +159,7 @@ class BillingService:
             else:
                 report.accepted += 1
                 report.receipts.append(receipt)
+        self.db.refresh_statistics(dict.fromkeys(_PAYMENT_TABLES, report.accepted))
         return report
 
     def _payment_exists(self, reference: str) -> bool:
@@ -158,6 +191,10 @@ class BillingService:
                 report.issued.append(closed.invoice_number)
             else:
                 report.closed_without_invoice += 1
+        # An invoice's lines, shares, discounts and credits are judged by the invoices.
+        written = dict.fromkeys(_INVOICE_TABLES, len(report.issued))
+        written["period_closes"] = len(report.issued) + report.closed_without_invoice
+        self.db.refresh_statistics(written)
         return report
 
     def check(self) -> list[str]:

@@ -103,6 +103,10 @@ def remind(
     with service.db.transaction() as session:
         actions = store.plan(session, now=now, offsets=settings.reminder_offsets)
         store.apply_plan(session, actions, now=now)
+    # The first run after a billing run plans a message per contact of every new invoice;
+    # the claims that follow are planned on the outbox's statistics.
+    planned = sum(1 for action in actions if isinstance(action, NewRow))
+    service.db.refresh_statistics({"notification_outbox": planned})
     report.skipped += _skips(actions)
     deliverer = Deliverer(client or make_client(settings), settings)
     _deliver_due(service, settings, deliverer, now, report, after_post)

@@ -29,6 +29,7 @@ ROWS = (
     "3 invoice N p50",
     "3 invoice N p99",
     "3 one client alone p50",
+    "3 server CPU per request",
     "3 serve HTTP ack p50/p99",
     "4a fan-out, instant Slack",
     "4b fan-out, 1 msg/s/channel",

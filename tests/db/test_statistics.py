@@ -1,0 +1,96 @@
+"""Bulk writes refresh the planner's statistics of what they wrote (PostgreSQL).
+
+A table whose statistics still describe it as empty is read with plans made for an empty
+table; on a server with autovacuum off (this machine's) nothing else would ever refresh them.
+The rule is autovacuum's analyze threshold: more rows written than 50 + 10 % of the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from billing_core.db.engine import Database
+from billing_core.services import BillingService
+from tests.factories import at, document, event, org
+
+
+def counted_rows(db: Database, table: str) -> float:
+    """What the planner believes ``table`` holds (-1: never analyzed or vacuumed)."""
+    with db.engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}
+        ).scalar_one()
+    return float(found)
+
+
+def events(first: int, count: int) -> list[str]:
+    return [
+        event(f"e-{n}", "requests.GET", "10", "2026-01-15T10:00:00+00:00")
+        for n in range(first, first + count)
+    ]
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[Database]:
+    db = Database(pg_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def pg_service(pg_db: Database) -> BillingService:
+    service = BillingService(pg_db)
+    service.load(document(), at=at("2026-01-01T00:00:00+00:00"))
+    return service
+
+
+@pytest.mark.postgres
+def test_a_large_import_is_counted_and_a_small_one_is_left_to_autovacuum(
+    pg_service: BillingService,
+) -> None:
+    db = pg_service.db
+    assert counted_rows(db, "usage_events") < 1  # fresh: the planner has never counted it
+
+    pg_service.import_usage(events(0, 400))
+    assert counted_rows(db, "usage_events") == 400
+
+    pg_service.import_usage(events(400, 60))  # 60 <= 50 + 40: below the threshold
+    assert counted_rows(db, "usage_events") == 400
+
+    pg_service.import_usage(events(460, 200))
+    assert counted_rows(db, "usage_events") == 660
+
+
+@pytest.mark.postgres
+def test_a_billing_run_counts_the_closes_and_invoices_it_made(pg_db: Database) -> None:
+    doc = document()
+    acme = org(doc)
+    template = acme["billing_groups"][0]
+    acme["billing_groups"] = [{**template, "key": f"g{n}", "name": f"G{n}"} for n in range(60)]
+    acme["projects"] = [
+        {"key": f"p{n}", "name": f"P{n}", "billing_group": f"g{n}"} for n in range(60)
+    ]
+    service = BillingService(pg_db)
+    service.load(doc, at=at("2026-01-01T00:00:00+00:00"))
+    assert counted_rows(service.db, "billing_groups") == 60  # the load wrote 60 > 50 + 0
+    service.import_usage(
+        [
+            event(f"e-{n}", "transfer.gb", "1000", "2026-01-15T10:00:00+00:00", f"acme/p{n}")
+            for n in range(60)
+        ]
+    )
+    report = service.run_billing(at=at("2026-02-01T12:00:00+00:00"))
+    assert len(report.issued) == 60
+    assert counted_rows(service.db, "period_closes") == 60
+    assert counted_rows(service.db, "invoices") == 60
+    assert counted_rows(service.db, "invoice_lines") >= 60
+
+
+def test_sqlite_needs_no_refresh(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    assert db.refresh_statistics({"usage_events": 10_000}) == []
+    db.dispose()
