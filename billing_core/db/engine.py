@@ -79,8 +79,10 @@ class Database:
 
     def refresh_statistics(self, written: Mapping[str, int]) -> list[str]:
         """PostgreSQL: ANALYZE each table of ``written`` (table -> rows just written) whose
-        rows written exceed autovacuum's analyze threshold (50 rows + 10 % of the table as
-        last counted); returns the tables analyzed. SQLite: nothing.
+        statistics are stale: the rows written exceed autovacuum's analyze threshold (50 rows
+        + 10 % of the table as last counted), or the table has grown by more than a tenth
+        since it was last counted (many small writes add up); returns the tables analyzed.
+        SQLite: nothing.
 
         The planner picks the plans of /billing and of the next run from these statistics. A
         bulk write (an import, a billing run, a load) can multiply a table; autovacuum would
@@ -95,19 +97,21 @@ class Database:
         if not candidates:
             return []
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            counted: dict[str, float] = dict(
-                conn.execute(
-                    text(
-                        "SELECT n, c.reltuples FROM unnest(CAST(:names AS text[])) AS n "
-                        "JOIN pg_class c ON c.oid = to_regclass(n)"
-                    ),
-                    {"names": candidates},
-                ).all()
-            )
+            # The size on disk is read now (no statistics delay), so growth since the last
+            # count is seen whichever command or process made it.
+            found = conn.execute(
+                text(
+                    "SELECT n, c.reltuples, c.relpages, "
+                    "pg_relation_size(c.oid) / current_setting('block_size')::int "
+                    "FROM unnest(CAST(:names AS text[])) AS n "
+                    "JOIN pg_class c ON c.oid = to_regclass(n)"
+                ),
+                {"names": candidates},
+            ).all()
             stale = [
                 name
-                for name in candidates
-                if name in counted and written[name] > 50 + 0.1 * max(float(counted[name]), 0.0)
+                for name, rows, pages, pages_now in found
+                if written[name] > 50 + 0.1 * max(float(rows), 0.0) or pages_now > 1.1 * pages + 8
             ]
             if stale:
                 # Names come from the table list above, never from input; SKIP_LOCKED: a

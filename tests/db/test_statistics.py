@@ -66,6 +66,24 @@ def test_a_large_import_is_counted_and_a_small_one_is_left_to_autovacuum(
 
 
 @pytest.mark.postgres
+def test_small_imports_that_add_up_to_a_tenth_of_the_table_get_it_counted(
+    pg_service: BillingService,
+) -> None:
+    # Like the bench's build, which loads a hundred organizations at a time: no single command
+    # passes the threshold once the table is large, but together they grow it by half.
+    db = pg_service.db
+    pg_service.import_usage(events(0, 3000))
+    assert counted_rows(db, "usage_events") == 3000
+
+    pg_service.import_usage(events(3000, 280))  # 280 <= 50 + 300, and a few pages more
+    assert counted_rows(db, "usage_events") == 3000
+
+    for first in range(3280, 4680, 280):
+        pg_service.import_usage(events(first, 280))
+    assert counted_rows(db, "usage_events") > 3280
+
+
+@pytest.mark.postgres
 def test_a_billing_run_counts_the_closes_and_invoices_it_made(pg_db: Database) -> None:
     doc = document()
     acme = org(doc)
