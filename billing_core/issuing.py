@@ -594,7 +594,7 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
     by_id = {ctx.group.id: ctx for ctx in contexts}
     periods = {ctx.group.id: ctx.schedule.containing(at) for ctx in contexts}
     marks = claims.marks(session, list(by_id))
-    project_keys: dict[int, str] = {}  # filled from the usage queries, which join the projects
+    project_keys: dict[int, str] = {}  # filled from the usage queries, which look the keys up
     # draft_lines' unbilled events of the open period itself (rate_period's "current").
     windows: dict[int, tuple[datetime | None, datetime]] = {}
     for g, ctx in by_id.items():
