@@ -29,8 +29,10 @@ for little, and a full run pays for a few small batches only.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import threading
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -67,28 +69,32 @@ Outcome = issuing.Closed | BillingError | None
 
 
 def close_due(
-    db: Database, due: Sequence[tuple[int, Period]], *, at: datetime, prefix: str
+    db: Database,
+    due: Sequence[tuple[int, Period]],
+    *,
+    at: datetime,
+    prefix: str,
+    overlap: bool | None = None,
 ) -> Iterator[tuple[int, Outcome]]:
     """Close ``due`` in its order, batch by batch; yields each period's outcome once committed.
 
     The outcome is the ``Closed`` period, None when another run had closed it, or the
     ``BillingError`` that stopped its group (the group's later periods are then skipped, and
     the other groups go on, as they always did).
+
+    With ``overlap`` (the default on PostgreSQL) the next batch is read and priced in a second
+    transaction while the one before it writes and commits (``_Pipeline``); numbers, commits
+    and outcomes keep the run's order. SQLite has one writer: its batches run one at a time.
     """
+    if overlap is None:
+        overlap = db.dialect == "postgresql"
+    if overlap:
+        yield from _Pipeline(db, due, at=at, prefix=prefix).run()
+        return
     broken: set[int] = set()
     position, size = 0, 1
     while position < len(due):
-        picked: list[int] = []  # indices into due
-        seen: set[int] = set()
-        end = position
-        while end < len(due) and len(picked) < size:
-            group_id = due[end][0]
-            if group_id in seen:
-                break  # a group's next period waits for the batch holding its previous one
-            if group_id not in broken:
-                picked.append(end)
-                seen.add(group_id)
-            end += 1
+        picked, end = _pick(due, position, size, broken, busy=set())
         if not picked:
             position = end
             continue
@@ -97,25 +103,182 @@ def close_due(
             with db.transaction() as session:
                 handled, closed = close_batch(session, items, at=at, prefix=prefix)
         except BillingError:
-            # One group's data refuses billing. Redo these periods one by one, so the others
-            # still close and the refusal names its group.
-            for group_id, period in items:
-                try:
-                    with db.transaction() as session:
-                        one = issuing.close_period(
-                            session, group_id=group_id, period=period, at=at, prefix=prefix
-                        )
-                except BillingError as exc:
-                    broken.add(group_id)
-                    yield group_id, exc
-                    continue
-                yield group_id, one
+            yield from _one_by_one(db, items, broken, at=at, prefix=prefix)
             position = end
             continue
         for (group_id, _), outcome in zip(items[:handled], closed, strict=True):
             yield group_id, outcome
         position = end if handled == len(items) else picked[handled]
         size = min(size * 2, BATCH_SIZE)
+
+
+def _pick(
+    due: Sequence[tuple[int, Period]], position: int, size: int, broken: set[int], busy: set[int]
+) -> tuple[list[int], int]:
+    """The next batch from ``position``: up to ``size`` indices into ``due`` of distinct groups,
+    skipping broken groups, ending before a group met again or ``busy`` (held by a batch still
+    in flight): a group's next period waits for the batch holding its previous one. Returns the
+    indices and the position after them."""
+    picked: list[int] = []
+    seen: set[int] = set()
+    end = position
+    while end < len(due) and len(picked) < size:
+        group_id = due[end][0]
+        if group_id in seen or group_id in busy:
+            break
+        if group_id not in broken:
+            picked.append(end)
+            seen.add(group_id)
+        end += 1
+    return picked, end
+
+
+def _one_by_one(
+    db: Database,
+    items: Sequence[tuple[int, Period]],
+    broken: set[int],
+    *,
+    at: datetime,
+    prefix: str,
+) -> Iterator[tuple[int, Outcome]]:
+    """A batch that one group's data refused, redone period by period, so the others still
+    close and the refusal names its group."""
+    for group_id, period in items:
+        if group_id in broken:
+            continue
+        try:
+            with db.transaction() as session:
+                one = issuing.close_period(
+                    session, group_id=group_id, period=period, at=at, prefix=prefix
+                )
+        except BillingError as exc:
+            broken.add(group_id)
+            yield group_id, exc
+            continue
+        yield group_id, one
+
+
+class Turn:
+    """A batch's place in the run: ``close_batch`` reports what it holds once it has locked
+    (``locked``), and waits for the batch before it to be done before it takes numbers and
+    commits (``wait``). The sequential path's turn never waits."""
+
+    def locked(self, handled: int) -> None:
+        """The batch holds its first ``handled`` items."""
+
+    def wait(self) -> None:
+        """Return when this batch may number its invoices and commit."""
+
+
+class _Aborted(Exception):
+    """The run stopped before this batch's turn: its transaction rolls back."""
+
+
+class _PipelineTurn(Turn):
+    def __init__(self, previous: threading.Event | None, abort: threading.Event) -> None:
+        self.previous = previous
+        self.abort = abort
+        self.handled: int | None = None  # None: failed before it knew
+        self.known = threading.Event()
+        self.done = threading.Event()  # set by the run once this batch is committed and told
+
+    def locked(self, handled: int) -> None:
+        self.handled = handled
+        self.known.set()
+
+    def wait(self) -> None:
+        if self.previous is not None:
+            self.previous.wait()
+        if self.abort.is_set():
+            raise _Aborted
+
+
+@dataclass
+class _Flight:
+    picked: list[int]
+    end: int
+    items: list[tuple[int, Period]]
+    turn: _PipelineTurn
+    job: Future[tuple[int, list[issuing.Closed | None]]]
+
+
+class _Pipeline:
+    """Two batches in flight, each in its own transaction on its own connection: while batch
+    N copies its invoices in and commits (PostgreSQL's work, the interpreter idle), batch N+1
+    locks its groups, sums their usage and prices them (the interpreter's work).
+
+    The run's order holds: N+1 is planned only once N holds all its items (otherwise the ones
+    it could not take start the batch after it, as one at a time), never holds a group N holds,
+    and waits for N to be committed (or redone one by one) before it numbers and commits. So
+    numbers, commits and the outcomes yielded are in the order of a run of one batch at a time,
+    and a run that stops leaves whole batches, each before all the ones not committed. An
+    error other than a group's ``BillingError`` stops the run: the batch still in flight rolls
+    back, and the error is raised.
+    """
+
+    DEPTH = 2
+
+    def __init__(
+        self, db: Database, due: Sequence[tuple[int, Period]], *, at: datetime, prefix: str
+    ) -> None:
+        self.db, self.due, self.at, self.prefix = db, due, at, prefix
+        self.abort = threading.Event()
+
+    def _batch(
+        self, items: list[tuple[int, Period]], turn: _PipelineTurn
+    ) -> tuple[int, list[issuing.Closed | None]]:
+        try:
+            with self.db.transaction() as session:
+                return close_batch(session, items, at=self.at, prefix=self.prefix, turn=turn)
+        finally:
+            turn.known.set()  # also when it failed before locking: the run must not wait on it
+
+    def run(self) -> Iterator[tuple[int, Outcome]]:
+        due = self.due
+        broken: set[int] = set()
+        flights: deque[_Flight] = deque()
+        turns: list[_PipelineTurn] = []
+        position, size = 0, 1
+        pool = ThreadPoolExecutor(max_workers=self.DEPTH, thread_name_prefix="run-billing")
+        try:
+            while position < len(due) or flights:
+                if position < len(due) and len(flights) < self.DEPTH:
+                    last = flights[-1] if flights else None
+                    if last is not None:
+                        last.turn.known.wait()
+                    if last is None or last.turn.handled == len(last.items):
+                        busy = {g for f in flights for g, _ in f.items}
+                        picked, end = _pick(due, position, size, broken, busy)
+                        position = end
+                        if picked:
+                            items = [due[i] for i in picked]
+                            turn = _PipelineTurn(last.turn.done if last else None, self.abort)
+                            turns.append(turn)
+                            job = pool.submit(self._batch, items, turn)
+                            flights.append(_Flight(picked, end, items, turn, job))
+                            size = min(size * 2, BATCH_SIZE)
+                        continue
+                if not flights:
+                    continue
+                flight = flights.popleft()
+                try:
+                    handled, closed = flight.job.result()
+                except BillingError:
+                    yield from _one_by_one(
+                        self.db, flight.items, broken, at=self.at, prefix=self.prefix
+                    )
+                    flight.turn.done.set()
+                    continue
+                flight.turn.done.set()
+                for (group_id, _), outcome in zip(flight.items[:handled], closed, strict=True):
+                    yield group_id, outcome
+                if handled < len(flight.items):  # nothing was planned after it
+                    position = flight.picked[handled]
+        finally:
+            self.abort.set()  # first: a batch woken below must see it and roll back
+            for turn in turns:
+                turn.done.set()
+            pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,23 +337,40 @@ class _Issue:
 
 
 def close_batch(
-    session: Session, items: Sequence[tuple[int, Period]], *, at: datetime, prefix: str
+    session: Session,
+    items: Sequence[tuple[int, Period]],
+    *,
+    at: datetime,
+    prefix: str,
+    turn: Turn | None = None,
 ) -> tuple[int, list[issuing.Closed | None]]:
     """Close a prefix of ``items`` (distinct groups, in run order) in the caller's transaction.
 
     Returns how many items it dealt with (at least one: it waits for the first group) and, for
-    each of them, the ``Closed`` period or None when it was closed already.
+    each of them, the ``Closed`` period or None when it was closed already. ``turn`` is told
+    what the batch holds, and waited for before numbers are taken (see ``_Pipeline``).
     """
+    turn = turn or Turn()
     groups = _lock(session, items)
     handled = next((i for i, (g, _) in enumerate(items) if g not in groups), len(items))
+    turn.locked(handled)
     items = items[:handled]
     marks = claims.marks(session, list(groups))
     todo = [
         (g, p) for g, p in items if p.start == (marks[g].end or groups[g].created_at)
     ]  # the others were closed by another run (or an earlier period is still open)
     outcomes: dict[int, issuing.Closed | None] = {}
+    issues: list[_Issue] = []
     if todo:
-        outcomes = _close(session, todo, groups, marks, at=at, prefix=prefix)
+        outcomes, issues = _close(session, todo, groups, marks, at=at)
+    turn.wait()
+    if issues:
+        _number(session, issues, prefix)
+        _store(session, issues, at)
+        for issue in issues:
+            outcomes[issue.ctx.group.id] = issuing.Closed(
+                issue.ctx.group.id, issue.period, issue.number
+            )
     return handled, [outcomes.get(g) for g, _ in items]
 
 
@@ -330,15 +510,16 @@ def _close(
     marks: dict[int, claims.Mark],
     *,
     at: datetime,
-    prefix: str,
-) -> dict[int, issuing.Closed | None]:
+) -> tuple[dict[int, issuing.Closed | None], list[_Issue]]:
+    """Insert the closes of ``todo``, settle and price their usage: the outcomes of the periods
+    with nothing to charge, and the invoices to number and store for the others."""
     contexts = _contexts(session, [groups[g] for g, _ in todo])
     upto = claims.watermark(session)  # every gate is held: no lower id can appear any more
     close_ids = _insert_closes(session, todo, at=at, upto=upto)
     outcomes: dict[int, issuing.Closed | None] = {}
     todo = [(g, p) for g, p in todo if g in close_ids]  # a conflict: closed meanwhile
     if not todo:
-        return outcomes
+        return outcomes, []
     claimed = _settle(session, todo, marks, upto)
     current: dict[int, issuing.Aggregates] = defaultdict(lambda: defaultdict(dict))
     late: set[int] = set()
@@ -401,13 +582,7 @@ def _close(
                     invoice_date=local_date(period.end, ctx.tz),
                 )
             )
-        _number(session, issues, prefix)
-        _store(session, issues, at)
-        for issue in issues:
-            outcomes[issue.ctx.group.id] = issuing.Closed(
-                issue.ctx.group.id, issue.period, issue.number
-            )
-    return outcomes
+    return outcomes, issues
 
 
 def _insert_closes(
