@@ -70,11 +70,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="CI: 1 history month, few requests and notices; checks the harness, not the figures",
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases and work files")
+    parser.add_argument(
+        "--reuse",
+        metavar="PREFIX",
+        help="skip the build: clone PREFIX_base and PREFIX_import0, kept by an earlier "
+        "--keep run at the same --scale in the same month (not with the import benchmark, "
+        "whose events file is not kept)",
+    )
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(args.only) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    if args.reuse and "import" in args.only:
+        parser.error("--reuse cannot run the import benchmark: pass --only without import")
     if args.runs < 1 or args.scale <= 0:
         parser.error("--runs must be at least 1 and --scale more than 0")
     return args
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     emulator = Emulator(str(PYTHON))
     rows: list[Row] = []
     header = (
-        f"bench/run --scale {args.scale:g} --runs {args.runs}{' --smoke' if args.smoke else ''}: "
+        f"bench/run --scale {args.scale:g} --runs {args.runs}{' --smoke' if args.smoke else ''}"
+        f"{f' --reuse {args.reuse}' if args.reuse else ''}: "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}"
     )
     log(header)
@@ -109,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         needs_data = bool({"import", "billing", "http", "console"} & set(args.only))
         ready = ""
-        if needs_data:
+        if needs_data and args.reuse:
+            ready = reuse(world, args.reuse)
+        elif needs_data:
             build(world)
             if "import" in args.only:
                 log("benchmark 1: usage import")
@@ -151,6 +163,35 @@ def main(argv: list[str] | None = None) -> int:
             encoding="utf-8",
         )
     return 0
+
+
+def reuse(world: World, prefix: str) -> str:
+    """The kept ``base`` and ``import0`` of an earlier run: ``import0`` cloned as this run's
+    ``ready``, ``base`` used as it is (nothing writes into it); the teams read back as
+    ``build`` chose them (each organization's first member, its admin)."""
+    base, kept = f"{prefix}_base", f"{prefix}_import0"
+    for name in (base, kept):
+        if not world.cluster.scalar(
+            "postgres", "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+        ):
+            raise SystemExit(f"--reuse {prefix}: there is no database {name}")
+    world.base = base
+    world.teams = [
+        (team, user)
+        for team, user in world.cluster.rows(
+            base,
+            "SELECT DISTINCT ON (o.id) o.slack_team_id, m.slack_user_id "
+            "FROM organizations o JOIN members m ON m.organization_id = o.id ORDER BY o.id, m.id",
+        )
+    ]
+    groups = world.cluster.scalar(base, "SELECT count(*) FROM billing_groups")
+    if groups != world.sizes.groups:
+        built = world.sizes.groups
+        raise SystemExit(
+            f"--reuse {prefix}: {groups} groups, --scale {world.scale:g} builds {built}"
+        )
+    world.log(f"reusing {base} and {kept} (no build): {len(world.teams)} organizations")
+    return world.cluster.create("import0", template=kept)
 
 
 def _rss_baseline(path: Path | None) -> dict[str, Any] | None:
