@@ -8,6 +8,7 @@ periods, coupons, credits, and usage that arrives after its period was invoiced.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,4 +257,53 @@ def test_a_group_that_refuses_billing_fails_alone_as_before(
     assert report.closed_without_invoice == old.closed_without_invoice
     assert export(service) == export(other)
     monkeypatch.setattr(issuing, "price_of", original)
+    consistent(service)
+
+
+def test_on_postgresql_the_next_batch_is_priced_while_the_one_before_commits(
+    service: BillingService, expected: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches in flight (``batch._Pipeline``), yet numbers and commits in the run's order:
+    a batch takes its numbers only once every number taken before is committed."""
+    if service.db.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: its batches run one at a time")
+    monkeypatch.setattr(batch, "BATCH_SIZE", 4)
+    prepare(service)
+    with service.db.transaction() as session:
+        before = session.scalar(sa.select(sa.func.count()).select_from(t.Invoice))
+    original_batch, original_number = batch.close_batch, batch._number
+    lock = threading.Lock()
+    active = [0]
+    most = [0]
+    numbered: list[str] = []
+    seen: list[tuple[int, int]] = []  # (counter committed, numbers taken before) per batch
+
+    def watched_batch(session: Any, items: Any, **kw: Any) -> Any:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            return original_batch(session, items, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    def watched_number(session: Any, issues: Any, prefix: str) -> None:
+        with service.db.transaction() as other:  # what is committed now
+            counter = other.scalar(
+                sa.select(t.Counter.value).where(
+                    t.Counter.name == "invoice", t.Counter.year == 2026
+                )
+            )
+        seen.append((counter or 0, before + len(numbered)))
+        original_number(session, issues, prefix)
+        numbered.extend(issue.number for issue in issues)
+
+    monkeypatch.setattr(batch, "close_batch", watched_batch)
+    monkeypatch.setattr(batch, "_number", watched_number)
+    report = run(service, SECOND_AT)
+    assert most[0] == 2, "no batch began before the one before it had committed"
+    assert len(seen) > 5 and all(committed == taken for committed, taken in seen), seen
+    assert numbered == report.issued == expected[1][1].issued
+    assert export(service) == expected[0]
     consistent(service)
