@@ -249,15 +249,17 @@ class _Pipeline:
                     if last is None or last.turn.handled == len(last.items):
                         busy = {g for f in flights for g, _ in f.items}
                         picked, end = _pick(due, position, size, broken, busy)
-                        position = end
-                        if picked:
-                            items = [due[i] for i in picked]
-                            turn = _PipelineTurn(last.turn.done if last else None, self.abort)
-                            turns.append(turn)
-                            job = pool.submit(self._batch, items, turn)
-                            flights.append(_Flight(picked, end, items, turn, job))
-                            size = min(size * 2, BATCH_SIZE)
-                        continue
+                        if end > position:  # else the next period's group is still in flight
+                            position = end
+                            if picked:
+                                items = [due[i] for i in picked]
+                                previous = last.turn.done if last else None
+                                turn = _PipelineTurn(previous, self.abort)
+                                turns.append(turn)
+                                job = pool.submit(self._batch, items, turn)
+                                flights.append(_Flight(picked, end, items, turn, job))
+                                size = min(size * 2, BATCH_SIZE)
+                            continue
                 if not flights:
                     continue
                 flight = flights.popleft()

@@ -23,7 +23,7 @@ from billing_core.errors import BillingError
 from billing_core.services import BillingService, RunReport
 from tests.conftest import new_database_url
 from tests.db.test_concurrency import ZONES, dataset, gapless
-from tests.factories import at, event
+from tests.factories import at, document, event
 
 FIRST_AT = "2026-02-01T12:00:00+00:00"
 SECOND_AT = "2026-03-01T12:00:00+00:00"
@@ -306,4 +306,31 @@ def test_on_postgresql_the_next_batch_is_priced_while_the_one_before_commits(
     assert len(seen) > 5 and all(committed == taken for committed, taken in seen), seen
     assert numbered == report.issued == expected[1][1].issued
     assert export(service) == expected[0]
+    consistent(service)
+
+
+def test_a_group_with_several_periods_due_closes_them_in_order(
+    service: BillingService, other: BillingService
+) -> None:
+    """A run that catches up (the scheduler was down): one group, three periods due. Each
+    period waits for the batch holding the one before it, also with two batches in flight."""
+    for svc in (service, other):
+        svc.load(document(), at=at("2026-01-01T00:00:00+00:00"))
+        assert svc.import_usage(
+            [
+                event(f"e{month}", "requests.GET", f"{month}000000", f"2026-0{month}-05T00:00:00Z")
+                for month in (1, 2, 3)
+            ]
+        ).ok
+    reports: list[RunReport] = []
+    worker = threading.Thread(
+        target=lambda: reports.append(service.run_billing(at=at("2026-04-01T00:00:00+00:00"))),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=120)
+    assert reports, "run-billing did not finish"
+    old = one_by_one(other, "2026-04-01T00:00:00+00:00")
+    assert reports[0].issued == old.issued and len(old.issued) == 3
+    assert service.export_invoices(org_key="acme") == other.export_invoices(org_key="acme")
     consistent(service)
