@@ -260,13 +260,16 @@ def test_a_group_that_refuses_billing_fails_alone_as_before(
     consistent(service)
 
 
+# SQLite has one writer: its batches run one at a time.
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 def test_on_postgresql_the_next_batch_is_priced_while_the_one_before_commits(
     service: BillingService, expected: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two batches in flight (``batch._Pipeline``), yet numbers and commits in the run's order:
     a batch takes its numbers only once every number taken before is committed."""
-    if service.db.dialect != "postgresql":
-        pytest.skip("SQLite has one writer: its batches run one at a time")
+    assert service.db.dialect == "postgresql"
     monkeypatch.setattr(batch, "BATCH_SIZE", 4)
     prepare(service)
     with service.db.transaction() as session:
