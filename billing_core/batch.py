@@ -196,7 +196,6 @@ class _PipelineTurn(Turn):
 @dataclass
 class _Flight:
     picked: list[int]
-    end: int
     items: list[tuple[int, Period]]
     turn: _PipelineTurn
     job: Future[tuple[int, list[issuing.Closed | None]]]
@@ -257,12 +256,10 @@ class _Pipeline:
                                 turn = _PipelineTurn(previous, self.abort)
                                 turns.append(turn)
                                 job = pool.submit(self._batch, items, turn)
-                                flights.append(_Flight(picked, end, items, turn, job))
+                                flights.append(_Flight(picked, items, turn, job))
                                 size = min(size * 2, BATCH_SIZE)
                             continue
-                if not flights:
-                    continue
-                flight = flights.popleft()
+                flight = flights.popleft()  # there is one: planning stopped only for it
                 try:
                     handled, closed = flight.job.result()
                 except BillingError:
@@ -529,11 +526,11 @@ def _close(
     claimed = _settle(session, todo, marks, upto)
     current: dict[int, issuing.Aggregates] = defaultdict(lambda: defaultdict(dict))
     late: set[int] = set()
-    # Where a group's late usage would begin (None: its first period takes everything before),
-    # read once per group rather than through the ORM once per (metric, project).
-    late_before = {g: None if p.start == contexts[g].group.created_at else p.start for g, p in todo}
+    # A group's first period takes everything stamped before it: nothing there is late. Read
+    # once per group rather than through the ORM once per (metric, project).
+    first = {g for g, p in todo if p.start == contexts[g].group.created_at}
     for g, metric, project_id, total, peak, early in claimed:
-        if early and late_before[g] is not None:
+        if early and g not in first:
             late.add(g)  # usage of closed periods: re-rated one group at a time (rare)
             continue
         price = issuing.price_of(contexts[g], metric)
