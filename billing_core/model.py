@@ -196,6 +196,26 @@ class InvoiceView:
 
 
 @dataclass(frozen=True, slots=True)
+class InvoiceSummary:
+    """An invoice's heading without its lines, discounts or credits: what lists show
+    (``invoices``, ``owed``), read from the invoice row alone."""
+
+    number: str
+    group: GroupRef
+    period: Period
+    invoice_date: date
+    due_date: date
+    status: Literal["open", "paid"]
+    total: Money
+    amount_due: Money  # the total less credits applied
+    amount_paid: Money
+
+    @property
+    def outstanding(self) -> Money:
+        return self.amount_due - self.amount_paid
+
+
+@dataclass(frozen=True, slots=True)
 class Balance:
     """The open period's charges so far, as they would be invoiced now."""
 
@@ -226,7 +246,7 @@ class DailyCharges:
 class Owed:
     group: GroupRef
     outstanding: Money
-    open_invoices: tuple[InvoiceView, ...]
+    open_invoices: tuple[InvoiceSummary, ...]
     overdue: tuple[str, ...]  # invoice numbers past due
 
 

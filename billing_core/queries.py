@@ -20,6 +20,7 @@ from billing_core.model import (
     CreditView,
     GroupRef,
     GroupView,
+    InvoiceSummary,
     InvoiceView,
     PaymentView,
     Totals,
@@ -574,6 +575,30 @@ def invoice_views(
             )
         )
     return views
+
+
+def invoice_summaries(
+    rows: Sequence[InvoiceRow], org: OrgFacts, groups: dict[int, GroupFacts]
+) -> list[InvoiceSummary]:
+    """The headings of ``rows`` (from :func:`invoice_rows`), in their order, without a query:
+    a list of invoices shows no lines, discounts or credits, so none are read."""
+    summaries = []
+    for r in rows:
+        cur = r.currency
+        summaries.append(
+            InvoiceSummary(
+                number=r.number,
+                group=groups[r.billing_group_id].ref,
+                period=Period(r.period_start.astimezone(org.tz), r.period_end.astimezone(org.tz)),
+                invoice_date=r.invoice_date,
+                due_date=r.due_date,
+                status="paid" if r.status == "paid" else "open",
+                total=Money(r.total, cur),
+                amount_due=Money(r.amount_due, cur),
+                amount_paid=Money(r.amount_paid, cur),
+            )
+        )
+    return summaries
 
 
 _INVOICE_BY_NUMBER = (

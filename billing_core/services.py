@@ -32,6 +32,7 @@ from billing_core.model import (
     CreditView,
     DailyCharges,
     GroupView,
+    InvoiceSummary,
     InvoiceView,
     Owed,
     PaymentView,
@@ -349,10 +350,12 @@ class BillingService:
                 return []
             by_id = {g.id: g for g in groups}
             rows = queries.invoice_rows(session, list(by_id), open_only=True)
-            rows.sort(key=lambda r: (r.invoice_date, r.number))
-            views = queries.invoice_views(session, rows, org, by_id)
-        per_group: dict[int, list[tuple[queries.InvoiceRow, InvoiceView]]] = {g: [] for g in by_id}
-        for row, view in zip(rows, views, strict=True):
+        rows.sort(key=lambda r: (r.invoice_date, r.number))
+        summaries = queries.invoice_summaries(rows, org, by_id)
+        per_group: dict[int, list[tuple[queries.InvoiceRow, InvoiceSummary]]] = {
+            g: [] for g in by_id
+        }
+        for row, view in zip(rows, summaries, strict=True):
             per_group[row.billing_group_id].append((row, view))
         result = []
         for group in groups:
@@ -372,14 +375,15 @@ class BillingService:
 
     def invoices(
         self, actor: Actor, *, group_key: str | None = None, limit: int = 10
-    ) -> list[InvoiceView]:
+    ) -> list[InvoiceSummary]:
+        """The ``limit`` newest invoices' headings (``invoice`` has one whole)."""
         with self._read() as session:
             org, groups = queries.org_and_groups(session, actor.organization_id, group_key)
             if org is None or not groups:
                 return []
             by_id = {g.id: g for g in groups}
             rows = queries.invoice_rows(session, list(by_id), limit=limit)
-            return queries.invoice_views(session, rows, org, by_id)
+        return queries.invoice_summaries(rows, org, by_id)
 
     def invoice(self, actor: Actor, *, number: str) -> InvoiceView:
         with self._read() as session:

@@ -197,7 +197,7 @@ def run_demo(settings: Settings, *, now: datetime) -> int:
             {
                 "reference": "demo-payment-1",
                 "billing_group": "demo/eng",
-                "amount": oldest.totals.amount_due.to_str(),
+                "amount": oldest.amount_due.to_str(),
                 "currency": "EUR",
                 "method": "card",
                 "received_at": (first_end + timedelta(days=5)).isoformat(),

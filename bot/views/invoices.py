@@ -8,7 +8,7 @@ from urllib.parse import quote
 from babel import Locale
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement
 
-from billing_core.model import InvoiceView
+from billing_core.model import InvoiceSummary, InvoiceView
 from billing_core.rating import Line
 from bot import format as fmt
 from bot.views.base import (
@@ -28,7 +28,7 @@ PAY_ACTION = "pay_invoice"
 PDF_ACTION = "invoice_pdf"  # value: the invoice number
 
 
-def invoices_reply(invoices: Sequence[InvoiceView], locale: Locale) -> Reply:
+def invoices_reply(invoices: Sequence[InvoiceSummary], locale: Locale) -> Reply:
     """Recent invoices, newest first: number, period, total, status and due date."""
     if not invoices:
         return Reply(
@@ -37,7 +37,7 @@ def invoices_reply(invoices: Sequence[InvoiceView], locale: Locale) -> Reply:
         )
     lines = [
         f"{key(i.number)} · {escape(i.group.name)} · {fmt.period(i.period, locale)} · "
-        f"{fmt.money(i.totals.total, locale)} · *{i.status}* · due {fmt.day(i.due_date, locale)}"
+        f"{fmt.money(i.total, locale)} · *{i.status}* · due {fmt.day(i.due_date, locale)}"
         for i in invoices
     ]
     blocks = [
@@ -45,8 +45,7 @@ def invoices_reply(invoices: Sequence[InvoiceView], locale: Locale) -> Reply:
         note("`invoice NUMBER` shows one invoice with its lines."),
     ]
     summary = [
-        f"{i.number}: {fmt.money(i.totals.total, locale)}, {i.status}, "
-        f"due {fmt.day(i.due_date, locale)}"
+        f"{i.number}: {fmt.money(i.total, locale)}, {i.status}, due {fmt.day(i.due_date, locale)}"
         for i in invoices
     ]
     return Reply(fallback([f"{len(invoices)} recent invoices:", *summary]), capped(blocks))

@@ -15,6 +15,7 @@ from billing_core.model import (
     CreditView,
     GroupRef,
     GroupView,
+    InvoiceSummary,
     InvoiceView,
     Owed,
     PaymentView,
@@ -88,8 +89,22 @@ def invoice(
     )
 
 
+def summary(number: str, *, status: str = "open") -> InvoiceSummary:
+    return InvoiceSummary(
+        number=number,
+        group=RND,
+        period=MARCH,
+        invoice_date=date(2026, 4, 1),
+        due_date=date(2026, 4, 15),
+        status="open" if status == "open" else "paid",
+        total=eur("2.50"),
+        amount_due=eur("2.50"),
+        amount_paid=eur("0"),
+    )
+
+
 def every_reply() -> list[views.Reply]:
-    many = [invoice(f"INV-2026-{i:06d}") for i in range(1, 80)]
+    many = [summary(f"INV-2026-{i:06d}") for i in range(1, 80)]
     balances = [
         Balance(
             RND,
@@ -101,7 +116,7 @@ def every_reply() -> list[views.Reply]:
         ),
         Balance(YEN, MARCH, (), totals("0", "JPY"), (), None),
     ]
-    owed = [Owed(RND, eur("2.50"), (invoice("INV-2026-000001"),), ("INV-2026-000001",))]
+    owed = [Owed(RND, eur("2.50"), (summary("INV-2026-000001"),), ("INV-2026-000001",))]
     payment = PaymentView(
         "ref-1",
         "RCT-2026-000001",
