@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db import tables as t
-from billing_core.db.engine import among, dialect_insert
+from billing_core.db.engine import among, dialect_insert, ids_param
 
 ev = t.UsageEvent
 
@@ -74,33 +74,33 @@ def legacy_settled_by(group_id: int, close_id: int) -> ColumnElement[bool]:
     return and_(ev.billing_group_id == group_id, ev.close_id == close_id)
 
 
+_LAST = (
+    select(
+        t.PeriodClose.billing_group_id.label("g"),
+        func.max(t.PeriodClose.period_end).label("end"),
+    )
+    .where(t.PeriodClose.billing_group_id.in_(ids_param("groups")))
+    .group_by(t.PeriodClose.billing_group_id)
+    .subquery()
+)
+# Each group's last close; built once, the ids bound at execution.
+_MARKS = (
+    select(t.PeriodClose.billing_group_id, t.PeriodClose.usage_upto, t.PeriodClose.period_end)
+    .join(
+        _LAST,
+        and_(t.PeriodClose.billing_group_id == _LAST.c.g, t.PeriodClose.period_end == _LAST.c.end),
+    )
+    # Said again of the outer side: the planner does not carry it through the join, and
+    # without it hashes every close of every group (a scan growing with the history).
+    .where(t.PeriodClose.billing_group_id.in_(ids_param("groups")))
+)
+
+
 def marks(session: Session, group_ids: Collection[int]) -> dict[int, Mark]:
     """Each group's last close as a ``Mark`` (NOTHING when it has none), in one query."""
     if not group_ids:
         return {}
-    ids = list(group_ids)
-    last = (
-        select(
-            t.PeriodClose.billing_group_id.label("g"),
-            func.max(t.PeriodClose.period_end).label("end"),
-        )
-        .where(among(t.PeriodClose.billing_group_id, ids))
-        .group_by(t.PeriodClose.billing_group_id)
-        .subquery()
-    )
-    rows = session.execute(
-        select(t.PeriodClose.billing_group_id, t.PeriodClose.usage_upto, t.PeriodClose.period_end)
-        .join(
-            last,
-            and_(
-                t.PeriodClose.billing_group_id == last.c.g,
-                t.PeriodClose.period_end == last.c.end,
-            ),
-        )
-        # Said again of the outer side: the planner does not carry it through the join, and
-        # without it hashes every close of every group (a scan growing with the history).
-        .where(among(t.PeriodClose.billing_group_id, ids))
-    )
+    rows = session.execute(_MARKS, {"groups": list(group_ids)})
     found = {g: Mark(upto, end) for g, upto, end in rows}
     return {g: found.get(g, NOTHING) for g in group_ids}
 

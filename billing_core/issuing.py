@@ -19,7 +19,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from billing_core import claims
 from billing_core.db import tables as t
-from billing_core.db.engine import among, dialect_insert
+from billing_core.db.engine import dialect_insert, ids_param
 from billing_core.db.types import dec_max, dec_sum
 from billing_core.errors import BillingError
 from billing_core.export import checksum, invoice_document
@@ -236,39 +236,78 @@ def active_redemptions(session: Session, group_id: int) -> list[tuple[ActiveRede
     return active_redemptions_of(session, [group_id]).get(group_id, [])
 
 
+# Built once (their ids are bound at execution): a read answers with a few of these.
+_REDEMPTIONS = (
+    select(
+        t.Redemption.billing_group_id,
+        t.Redemption.id,
+        t.Redemption.redeemed_at,
+        t.Redemption.uses,
+        t.CouponRow.code,
+        t.CouponRow.duration,
+        t.CouponRow.percent_off,
+        t.CouponRow.amount_off,
+        t.CouponRow.currency,
+        t.CouponRow.duration_periods,
+        t.CouponRow.max_redemptions,
+        t.CouponRow.redeem_by,
+    )
+    .join(t.CouponRow, t.CouponRow.id == t.Redemption.coupon_id)
+    .where(t.Redemption.billing_group_id.in_(ids_param("groups")))
+    .order_by(t.Redemption.billing_group_id, t.Redemption.redeemed_at, t.Redemption.id)
+)
+
+
 def active_redemptions_of(
     session: Session, group_ids: Sequence[int]
 ) -> dict[int, list[tuple[ActiveRedemption, str]]]:
     """Each group's redemptions with uses left, in redemption order, in one query."""
-    rows = session.execute(
-        select(t.Redemption, t.CouponRow)
-        .join(t.CouponRow, t.CouponRow.id == t.Redemption.coupon_id)
-        .where(among(t.Redemption.billing_group_id, group_ids))
-        .order_by(t.Redemption.billing_group_id, t.Redemption.redeemed_at, t.Redemption.id)
-    ).all()
     result: dict[int, list[tuple[ActiveRedemption, str]]] = defaultdict(list)
-    for redemption, row in rows:
-        coupon = coupon_from_row(row)
+    if not group_ids:
+        return result
+    for group_id, redemption_id, redeemed_at, uses, code, *terms in session.execute(
+        _REDEMPTIONS, {"groups": list(group_ids)}
+    ):
+        coupon = _coupon(code, *terms)
         allowed = coupon.periods_allowed()
-        uses_left = None if allowed is None else allowed - redemption.uses
+        uses_left = None if allowed is None else allowed - uses
         if uses_left is None or uses_left > 0:
-            active = ActiveRedemption(redemption.id, coupon, redemption.redeemed_at, uses_left)
-            result[redemption.billing_group_id].append((active, row.code))
+            active = ActiveRedemption(redemption_id, coupon, redeemed_at, uses_left)
+            result[group_id].append((active, code))
     return result
 
 
 def coupon_from_row(row: t.CouponRow) -> Coupon:
-    duration = {"once": "once", "repeating": "repeating"}.get(row.duration, "forever")
+    return _coupon(
+        row.code,
+        row.duration,
+        row.percent_off,
+        row.amount_off,
+        row.currency,
+        row.duration_periods,
+        row.max_redemptions,
+        row.redeem_by,
+    )
+
+
+def _coupon(
+    code: str,
+    duration: str,
+    percent_off: Decimal | None,
+    amount_off: Decimal | None,
+    currency: str | None,
+    duration_periods: int | None,
+    max_redemptions: int | None,
+    redeem_by: datetime | None,
+) -> Coupon:
     return Coupon(
-        code=row.code,
-        duration=duration,  # type: ignore[arg-type]
-        percent_off=row.percent_off,
-        amount_off=(
-            Money(row.amount_off, row.currency) if row.amount_off and row.currency else None
-        ),
-        duration_periods=row.duration_periods,
-        max_redemptions=row.max_redemptions,
-        redeem_by=row.redeem_by,
+        code=code,
+        duration={"once": "once", "repeating": "repeating"}.get(duration, "forever"),  # type: ignore[arg-type]
+        percent_off=percent_off,
+        amount_off=Money(amount_off, currency) if amount_off and currency else None,
+        duration_periods=duration_periods,
+        max_redemptions=max_redemptions,
+        redeem_by=redeem_by,
     )
 
 
@@ -276,21 +315,24 @@ def available_credits(session: Session, group_id: int, currency: str) -> list[Av
     return available_credits_of(session, {group_id: currency}).get(group_id, [])
 
 
+_CREDITS = (
+    select(
+        t.Credit.id,
+        t.Credit.billing_group_id,
+        t.Credit.remaining,
+        t.Credit.expires_at,
+        t.Credit.granted_at,
+    )
+    .where(t.Credit.billing_group_id.in_(ids_param("groups")))
+    .order_by(t.Credit.id)
+)
+
+
 def available_credits_of(
     session: Session, currencies: dict[int, str]
 ) -> dict[int, list[AvailableCredit]]:
     """Each group's credits with something left, oldest first; ``currencies``: group -> its."""
-    rows = session.execute(
-        select(
-            t.Credit.id,
-            t.Credit.billing_group_id,
-            t.Credit.remaining,
-            t.Credit.expires_at,
-            t.Credit.granted_at,
-        )
-        .where(among(t.Credit.billing_group_id, currencies))
-        .order_by(t.Credit.id)
-    ).all()
+    rows = session.execute(_CREDITS, {"groups": list(currencies)}).all() if currencies else []
     result: dict[int, list[AvailableCredit]] = defaultdict(list)
     # Filtered here, not in SQL: SQLite stores decimals as text, where '0.00' > 0 is true.
     for credit_id, group_id, remaining, expires_at, granted_at in rows:

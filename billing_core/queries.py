@@ -635,6 +635,21 @@ def is_overdue_row(row: InvoiceRow, at: datetime, tz: ZoneInfo) -> bool:
     return bool(row.status == "open" and local_date(at, tz) > row.due_date)
 
 
+# What groups_for_rating reads; built once, the ids bound at execution.
+_GROUPS_WITH_ORG = (
+    select(t.BillingGroup, t.Organization)
+    .join(t.Organization, t.Organization.id == t.BillingGroup.organization_id)
+    .where(t.BillingGroup.organization_id == bindparam("org"))
+    .order_by(t.BillingGroup.key)
+)
+_PRICE_LISTS = (
+    select(t.PriceList)
+    .where(t.PriceList.id.in_(bindparam("ids", expanding=True)))
+    .options(joinedload(t.PriceList.metrics))
+)
+_PLANS = select(t.Plan).where(t.Plan.id.in_(bindparam("ids", expanding=True)))
+
+
 def groups_for_rating(
     session: Session, organization_id: int, group_key: str | None
 ) -> tuple[list[t.BillingGroup], list[object]]:
@@ -645,12 +660,7 @@ def groups_for_rating(
     Also returns the rows loaded for that: the session's identity map holds objects weakly, so
     the caller keeps this list alive for as long as it rates the groups.
     """
-    rows = session.execute(
-        select(t.BillingGroup, t.Organization)
-        .join(t.Organization, t.Organization.id == t.BillingGroup.organization_id)
-        .where(t.BillingGroup.organization_id == organization_id)
-        .order_by(t.BillingGroup.key)
-    ).all()
+    rows = session.execute(_GROUPS_WITH_ORG, {"org": organization_id}).all()
     groups = [g for g, _ in rows]
     held: list[object] = [org for _, org in rows[:1]]
     if group_key is not None:
@@ -660,6 +670,12 @@ def groups_for_rating(
             raise NotFound(f"There is no billing group `{group_key}`.", hint=f"Groups: {names}.")
     if not groups:
         return groups, held
+    price_lists = sorted({g.price_list_id for g in groups})
+    held += session.scalars(_PRICE_LISTS, {"ids": price_lists}).unique().all()
+    plan_ids = sorted({g.plan_id for g in groups if g.plan_id is not None})
+    if plan_ids:
+        held += session.scalars(_PLANS, {"ids": plan_ids}).all()
+    return groups, held
     held += (
         session.scalars(
             select(t.PriceList)
