@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from billing_core.db import tables as t
+from billing_core.db.engine import POOL_SIZE
 
 log = logging.getLogger("billing_bot.replay")
 
@@ -88,7 +89,9 @@ class SeenRequests:
             engine = create_engine(
                 url,
                 pool_pre_ping=True,
-                pool_size=4,
+                # Sized like the billing pool (see engine.POOL_SIZE): requests at once each
+                # hold one for their insert, and one past the pool is opened and closed anew.
+                pool_size=POOL_SIZE,
                 isolation_level="AUTOCOMMIT",
                 connect_args={
                     "connect_timeout": 2,

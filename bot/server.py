@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from billing_core.db.engine import POOL_SIZE
 from billing_core.services import BillingService
 from billing_core.settings import Settings
 from bot.app import build_app
@@ -54,7 +55,7 @@ class LazyWork(ThreadPoolExecutor):
     away with a clear answer instead of queued without end.
     """
 
-    def __init__(self, *, workers: int = 16, in_flight: int | None = None) -> None:
+    def __init__(self, *, workers: int = POOL_SIZE, in_flight: int | None = None) -> None:
         super().__init__(max_workers=workers, thread_name_prefix="billing-slack")
         self.in_flight = MAX_IN_FLIGHT if in_flight is None else in_flight
         self.hard_limit = self.in_flight * HARD_LIMIT

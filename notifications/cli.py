@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from billing_core.db.engine import Database
 from billing_core.periods import parse_timestamp
 from billing_core.services import BillingService
 from billing_core.settings import Settings
-from notifications.jobs import RemindReport, remind
+
+if TYPE_CHECKING:
+    from notifications.jobs import RemindReport
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_remind(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here: every other command (the console's start, for one) would pay for the
+    # Slack client and the Block Kit views it pulls in.
+    from notifications.jobs import remind  # noqa: PLC0415
+
     now = parse_timestamp(args.at, path="--at") if args.at else datetime.now(UTC)
     service = BillingService(
         Database(settings.database_url), invoice_prefix=settings.invoice_prefix
