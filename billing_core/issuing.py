@@ -8,13 +8,25 @@ way leaves whole invoices only; running it again continues where it stopped.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, ScalarSelect, and_, case, func, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from billing_core import claims
@@ -661,33 +673,22 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
                 ev.ts < end if start is None else and_(ev.ts >= start, ev.ts < end),
             )
         )
-    unbilled += [
-        and_(
-            ev.close_id.is_(None),
-            ev.billing_group_id.in_(ids),
-            ev.ts >= start,
-            ev.ts < end,
-        )
-        for (start, end), ids in together.items()
-    ]
-    keys = (ev.billing_group_id, ev.metric, ev.project_id)
-    sums = (
-        select(*keys, dec_sum(ev.quantity).label("total"), dec_max(ev.quantity).label("peak"))
-        .where(or_(*unbilled))
-        .group_by(*keys)
-        .subquery()
-    )
+    if not unbilled and len(together) == 1:  # the usual case, in a statement built once
+        [((start, end), ids)] = together.items()
+        sums = session.execute(_SUMS_IN_ONE_WINDOW, {"groups": ids, "start": start, "end": end})
+    else:
+        unbilled += [
+            and_(
+                ev.close_id.is_(None),
+                ev.billing_group_id.in_(ids),
+                ev.ts >= start,
+                ev.ts < end,
+            )
+            for (start, end), ids in together.items()
+        ]
+        sums = session.execute(_sums(or_(*unbilled)))
     current: dict[int, list[tuple[str, int, Decimal, Decimal]]] = defaultdict(list)
-    for group_id, metric, project_id, key, total, peak in session.execute(
-        select(
-            sums.c.billing_group_id,
-            sums.c.metric,
-            sums.c.project_id,
-            _project_key(sums.c.project_id),
-            sums.c.total,
-            sums.c.peak,
-        )
-    ):
+    for group_id, metric, project_id, key, total, peak in sums:
         project_keys[project_id] = key
         current[group_id].append((metric, project_id, total, peak))
     # ... and the unbilled events of closed periods (they arrived after the close): before the
@@ -700,32 +701,30 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
         end_of_last = marks[g].end
         if start is not None and end_of_last is not None:
             late_together[(marks[g].upto, min(start, end_of_last))].append(g)
-    late_windows = [
-        and_(
-            ev.close_id.is_(None),
-            ev.billing_group_id.in_(ids),
-            ev.ts < before,
-            true() if upto is None else ev.id > upto,
-        )
-        for (upto, before), ids in late_together.items()
-    ]
     late: dict[int, dict[Period, LateEvents]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     )
-    if late_windows:
-        for group_id, metric, project_id, key, quantity, ts in session.execute(
-            select(
-                ev.billing_group_id,
-                ev.metric,
-                ev.project_id,
-                _project_key(ev.project_id),
-                ev.quantity,
-                ev.ts,
-            ).where(or_(*late_windows))
-        ):
-            project_keys[project_id] = key
-            late_period = by_id[group_id].schedule.containing(ts)
-            late[group_id][late_period][metric][project_id].append(quantity)
+    late_rows: Iterable[tuple[int, str, int, str, Decimal, datetime]] = ()
+    if len(late_together) == 1 and next(iter(late_together))[0] is not None:
+        [((upto, before), ids)] = late_together.items()  # usual, in a statement built once
+        late_rows = session.execute(
+            _LATE_IN_ONE_WINDOW, {"groups": ids, "before": before, "upto": upto}
+        )
+    elif late_together:
+        late_windows = [
+            and_(
+                ev.close_id.is_(None),
+                ev.billing_group_id.in_(ids),
+                ev.ts < before,
+                true() if upto is None else ev.id > upto,
+            )
+            for (upto, before), ids in late_together.items()
+        ]
+        late_rows = session.execute(_late(or_(*late_windows)))
+    for group_id, metric, project_id, key, quantity, ts in late_rows:
+        project_keys[project_id] = key
+        late_period = by_id[group_id].schedule.containing(ts)
+        late[group_id][late_period][metric][project_id].append(quantity)
     billed = _billed_before(session, by_id, marks, late, project_keys)
     redemptions = active_redemptions_of(session, list(by_id))
     credits = available_credits_of(session, {g: ctx.group.currency for g, ctx in by_id.items()})
@@ -757,6 +756,60 @@ def _project_key(project_id: ColumnElement[int] | InstrumentedAttribute[int]) ->
     """A project's key, looked up row by row through the primary key. A join would let the
     planner hash every project of every organization whenever it overestimates the rows."""
     return select(t.Project.key).where(t.Project.id == project_id).scalar_subquery()
+
+
+def _sums(where: ColumnElement[bool]) -> Select[int, str, int, str, Decimal, Decimal]:
+    """Per group, metric and project: the sum and the peak of the events ``where`` selects,
+    with the project's key."""
+    ev = t.UsageEvent
+    keys = (ev.billing_group_id, ev.metric, ev.project_id)
+    sums = (
+        select(*keys, dec_sum(ev.quantity).label("total"), dec_max(ev.quantity).label("peak"))
+        .where(where)
+        .group_by(*keys)
+        .subquery()
+    )
+    return select(
+        sums.c.billing_group_id,
+        sums.c.metric,
+        sums.c.project_id,
+        _project_key(sums.c.project_id),
+        sums.c.total,
+        sums.c.peak,
+    )
+
+
+def _late(where: ColumnElement[bool]) -> Select[int, str, int, str, Decimal, datetime]:
+    """The events ``where`` selects, one by one, with their project's key."""
+    ev = t.UsageEvent
+    return select(
+        ev.billing_group_id,
+        ev.metric,
+        ev.project_id,
+        _project_key(ev.project_id),
+        ev.quantity,
+        ev.ts,
+    ).where(where)
+
+
+# drafts' usual statements, built once: every group of the organization opened its period
+# where its last close ended, at the same moment, and they were closed by the same run.
+_SUMS_IN_ONE_WINDOW = _sums(
+    and_(
+        t.UsageEvent.close_id.is_(None),
+        t.UsageEvent.billing_group_id.in_(bindparam("groups", expanding=True)),
+        t.UsageEvent.ts >= bindparam("start"),
+        t.UsageEvent.ts < bindparam("end"),
+    )
+)
+_LATE_IN_ONE_WINDOW = _late(
+    and_(
+        t.UsageEvent.close_id.is_(None),
+        t.UsageEvent.billing_group_id.in_(bindparam("groups", expanding=True)),
+        t.UsageEvent.ts < bindparam("before"),
+        t.UsageEvent.id > bindparam("upto"),
+    )
+)
 
 
 def _billed_before(

@@ -143,10 +143,10 @@ def late(prefix: str, month: str) -> list[str]:
 
 
 def per_group_and_at_once(
-    service: BillingService, now: datetime
+    service: BillingService, now: datetime, team: str = TEAM
 ) -> tuple[list[Figures], list[issuing.Draft]]:
     """Every group's draft as the per-group functions see it, and as ``issuing.drafts`` does."""
-    admin = service.actor(team_id=TEAM, user_id=ADMIN)
+    admin = service.actor(team_id=team, user_id=ADMIN)
     with service.db.transaction() as session:
         groups, _held = queries.groups_for_rating(session, admin.organization_id, None)
         one_by_one = []
@@ -305,6 +305,14 @@ def test_balance_takes_a_fixed_number_of_queries_whatever_the_number_of_groups(
         assert all(b.coupon_codes == ("HALF",) for b in balances)
         assert all(b.totals.credits_applied.amount > 0 for b in balances)
         asked[count] = statements
+        # Every group in one window, closed by one run: drafts' statements built once (usage
+        # and late usage) answer, with the per-group path's figures to the digit.
+        one_by_one, drafts = per_group_and_at_once(service, at("2026-02-20T12:00:00Z"), team)
+        assert len({d.period for d in drafts}) == 1
+        at_once = [
+            figures(d.ctx.group.key, d.period, d.lines, d.totals, d.redemptions) for d in drafts
+        ]
+        assert at_once == one_by_one
     # groups with their organization, price lists, plans (none here), their last closes, usage,
     # late usage, what was billed of those late usage's periods, redemptions, credits
     assert len(asked[6]) == len(asked[2]) <= 8, asked[6]
