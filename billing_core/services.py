@@ -247,12 +247,13 @@ class BillingService:
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Let the read methods called inside (``actor``, ``balance`` ... ``groups``) share one
-        transaction: a Slack command looks its asker up and answers on one connection, in one
-        BEGIN/COMMIT. Only reads may be called inside; the write methods open their own."""
+        session: a Slack command looks its asker up and answers on one connection (on
+        PostgreSQL without BEGIN/COMMIT, see ``Database.reading``). Only reads may be called
+        inside; the write methods open their own transactions."""
         if getattr(self._reads, "session", None) is not None:
             yield
             return
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             self._reads.session = session
             try:
                 yield
@@ -265,7 +266,7 @@ class BillingService:
         if session is not None:
             yield session
             return
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             yield session
 
     # -- people ---------------------------------------------------------------------------

@@ -71,6 +71,22 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only.
+
+        PostgreSQL: without BEGIN and COMMIT (autocommit). At READ COMMITTED each statement
+        sees its own snapshot inside a transaction too, so the transaction would only add two
+        round trips to every Slack read; nothing here locks or writes. SQLite: a transaction.
+        """
+        if self.dialect != "postgresql":
+            with self.transaction() as session:
+                yield session
+            return
+        with self._sessions() as session:
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            yield session
+
     def dispose(self) -> None:
         self.engine.dispose()
 
