@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -677,15 +678,7 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
         [((start, end), ids)] = together.items()
         sums = session.execute(_SUMS_IN_ONE_WINDOW, {"groups": ids, "start": start, "end": end})
     else:
-        unbilled += [
-            and_(
-                ev.close_id.is_(None),
-                ev.billing_group_id.in_(ids),
-                ev.ts >= start,
-                ev.ts < end,
-            )
-            for (start, end), ids in together.items()
-        ]
+        unbilled += [_open_in(ids, start, end) for (start, end), ids in together.items()]
         sums = session.execute(_sums(or_(*unbilled)))
     current: dict[int, list[tuple[str, int, Decimal, Decimal]]] = defaultdict(list)
     for group_id, metric, project_id, key, total, peak in sums:
@@ -712,13 +705,7 @@ def drafts(session: Session, contexts: Sequence[GroupContext], at: datetime) -> 
         )
     elif late_together:
         late_windows = [
-            and_(
-                ev.close_id.is_(None),
-                ev.billing_group_id.in_(ids),
-                ev.ts < before,
-                true() if upto is None else ev.id > upto,
-            )
-            for (upto, before), ids in late_together.items()
+            _late_in(ids, before, upto) for (upto, before), ids in late_together.items()
         ]
         late_rows = session.execute(_late(or_(*late_windows)))
     for group_id, metric, project_id, key, quantity, ts in late_rows:
@@ -758,6 +745,20 @@ def _project_key(project_id: ColumnElement[int] | InstrumentedAttribute[int]) ->
     return select(t.Project.key).where(t.Project.id == project_id).scalar_subquery()
 
 
+def _open_in(ids: Any, start: Any, end: Any) -> ColumnElement[bool]:
+    """Unbilled events of groups ``ids`` in [start, end): values, or bind parameters."""
+    ev = t.UsageEvent
+    return and_(ev.close_id.is_(None), ev.billing_group_id.in_(ids), ev.ts >= start, ev.ts < end)
+
+
+def _late_in(ids: Any, before: Any, upto: Any) -> ColumnElement[bool]:
+    """Unbilled events of groups ``ids`` stamped before ``before`` with an id above ``upto``
+    (their last close's watermark; None: no watermark)."""
+    ev = t.UsageEvent
+    above = true() if upto is None else ev.id > upto
+    return and_(ev.close_id.is_(None), ev.billing_group_id.in_(ids), ev.ts < before, above)
+
+
 def _sums(where: ColumnElement[bool]) -> Select[int, str, int, str, Decimal, Decimal]:
     """Per group, metric and project: the sum and the peak of the events ``where`` selects,
     with the project's key."""
@@ -795,20 +796,10 @@ def _late(where: ColumnElement[bool]) -> Select[int, str, int, str, Decimal, dat
 # drafts' usual statements, built once: every group of the organization opened its period
 # where its last close ended, at the same moment, and they were closed by the same run.
 _SUMS_IN_ONE_WINDOW = _sums(
-    and_(
-        t.UsageEvent.close_id.is_(None),
-        t.UsageEvent.billing_group_id.in_(bindparam("groups", expanding=True)),
-        t.UsageEvent.ts >= bindparam("start"),
-        t.UsageEvent.ts < bindparam("end"),
-    )
+    _open_in(bindparam("groups", expanding=True), bindparam("start"), bindparam("end"))
 )
 _LATE_IN_ONE_WINDOW = _late(
-    and_(
-        t.UsageEvent.close_id.is_(None),
-        t.UsageEvent.billing_group_id.in_(bindparam("groups", expanding=True)),
-        t.UsageEvent.ts < bindparam("before"),
-        t.UsageEvent.id > bindparam("upto"),
-    )
+    _late_in(bindparam("groups", expanding=True), bindparam("before"), bindparam("upto"))
 )
 
 

@@ -676,16 +676,3 @@ def groups_for_rating(
     if plan_ids:
         held += session.scalars(_PLANS, {"ids": plan_ids}).all()
     return groups, held
-    held += (
-        session.scalars(
-            select(t.PriceList)
-            .where(t.PriceList.id.in_({g.price_list_id for g in groups}))
-            .options(joinedload(t.PriceList.metrics))
-        )
-        .unique()
-        .all()
-    )
-    plan_ids = {g.plan_id for g in groups if g.plan_id is not None}
-    if plan_ids:
-        held += session.scalars(select(t.Plan).where(t.Plan.id.in_(plan_ids))).all()
-    return groups, held
