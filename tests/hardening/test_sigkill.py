@@ -2,9 +2,12 @@
 
 The kill points are seeded: half come after a random delay (anywhere from the interpreter
 starting to the middle of the run), half once the run has issued a random number of new
-invoices. After each kill the database must already be consistent (numbers gapless, every
-close with its invoice); after the final run the invoices must equal a clean run's, numbers
-included: periods close in a fixed order, and a killed close gives its number back.
+invoices. Either way a run cannot get more than MAX_PER_RUN invoices ahead: the test holds the
+lock of the group whose invoice would come next, so the run waits there (a poll alone cannot
+stop it: a batch commits many invoices at once). After each kill the database must already be
+consistent (numbers gapless, every close with its invoice); after the final run the invoices
+must equal a clean run's, numbers included: periods close in a fixed order, and a killed close
+gives its number back.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from tests.db.test_concurrency import (
     TIMEOUT,
     export_all,
     gapless,
+    lock_waiters,
     prepare,
     reference,  # noqa: F401 - the clean run's export (module fixture)
 )
-from tests.hardening.conftest import Forked, Zygote
+from tests.hardening.conftest import Forked, Zygote, row_locked
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -80,9 +84,8 @@ def consistent_so_far(engine: sa.Engine) -> None:
 def kill_at_random(rng: random.Random, run: Forked, engine: sa.Engine) -> str:
     """SIGKILL ``run`` at a seeded random point; says where.
 
-    Half the kills come after a random delay, half after a random number of new invoices; a
-    delay never lets a run issue more than MAX_PER_RUN, so ten kills always land mid-run
-    however fast the machine is.
+    Half the kills come after a random delay, half after a random number of new invoices, or
+    once the run waits on the group lock the caller holds, whichever comes first.
     """
     start = len(issued(engine))
     if rng.random() < 0.5:
@@ -93,7 +96,7 @@ def kill_at_random(rng: random.Random, run: Forked, engine: sa.Engine) -> str:
         where = f"after {more} more invoices"
     started = time.monotonic()
     while time.monotonic() - started < delay and run.poll() is None:
-        if len(issued(engine)) >= start + more:
+        if len(issued(engine)) >= start + more or lock_waiters(engine):
             break
         time.sleep(0.01)
     else:
@@ -114,9 +117,19 @@ def test_a_run_killed_ten_times_then_rerun_equals_a_clean_run(
     prepare(pg_url)
     rng = random.Random(SEED)
     kills: list[tuple[str, int]] = []
+    by_number = sorted(reference, key=lambda d: str(d["number"]))
     for _ in range(KILLS):
-        run = zygote.start(pg_url, "run-billing", "--at", RUN_AT)
-        where = kill_at_random(rng, run, engine)
+        # The group of the invoice MAX_PER_RUN past the last one issued: the run stops there.
+        stop = by_number[len(issued(engine)) + MAX_PER_RUN]
+        with row_locked(
+            engine,
+            "SELECT 1 FROM billing_groups g JOIN organizations o ON o.id = g.organization_id "
+            "WHERE o.key = :org AND g.key = :group FOR UPDATE OF g",
+            org=stop["organization"],
+            group=stop["billing_group"],
+        ):
+            run = zygote.start(pg_url, "run-billing", "--at", RUN_AT)
+            where = kill_at_random(rng, run, engine)
         orphans_gone(engine)
         consistent_so_far(engine)
         kills.append((where, len(issued(engine))))
