@@ -115,14 +115,20 @@ class BillingService:
     def import_usage(self, lines: Iterable[str]) -> ledger.ImportReport:
         with self.db.transaction() as session:
             report = ledger.import_usage(session, ledger.json_lines(lines))
-        self.db.refresh_statistics({"usage_events": report.accepted})
+        self._imported(report)
         return report
 
     def import_usage_items(self, items: list[object]) -> ledger.ImportReport:
         with self.db.transaction() as session:
             report = ledger.import_usage(session, enumerate(items))
-        self.db.refresh_statistics({"usage_events": report.accepted})
+        self._imported(report)
         return report
+
+    def _imported(self, report: ledger.ImportReport) -> None:
+        # Counted before vacuumed: a vacuum updates the row and page counts that
+        # refresh_statistics judges staleness by, but gathers no column statistics.
+        self.db.refresh_statistics({"usage_events": report.accepted})
+        self.db.refresh_visibility_after("usage_events")
 
     def import_payments(self, lines: Iterable[str], *, at: datetime) -> ledger.ImportReport:
         return self._payments(ledger.json_lines(lines), at=at)

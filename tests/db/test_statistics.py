@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from billing_core.db import engine
 from billing_core.db.engine import Database
 from billing_core.services import BillingService
 from tests.factories import at, document, event, org
@@ -108,4 +109,65 @@ def test_a_billing_run_counts_the_closes_and_invoices_it_made(service: BillingSe
 def test_sqlite_needs_no_refresh(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     assert db.refresh_statistics({"usage_events": 10_000}) == []
+    db.dispose()
+
+
+def visibility(db: Database, table: str) -> tuple[int, int]:
+    """(pages the last VACUUM or ANALYZE found all-visible, pages on disk now).
+
+    A page not all-visible costs every index-only read of a row on it a visit of the table
+    itself (``Heap Fetches`` in a plan)."""
+    with db.engine.connect() as conn:
+        visible, pages = conn.execute(
+            sa.text(
+                "SELECT relallvisible, pg_relation_size(oid) / current_setting('block_size')::int "
+                "FROM pg_class WHERE oid = to_regclass(:t)"
+            ),
+            {"t": table},
+        ).one()
+    return int(visible), int(pages)
+
+
+@pytest.mark.postgres
+def test_an_import_past_the_threshold_leaves_its_rows_readable_from_the_index(
+    pg_service: BillingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = pg_service.db
+    pg_service.import_usage(events(0, 200))  # a few pages: left to autovacuum
+    visible, pages = visibility(db, "usage_events")
+    assert visible == 0 < pages
+
+    monkeypatch.setattr(engine, "VISIBILITY_AFTER", pages + 1)
+    pg_service.import_usage(events(200, 200))
+    visible, pages = visibility(db, "usage_events")
+    assert visible == pages >= 3
+
+    monkeypatch.setattr(engine, "VISIBILITY_AFTER", 512)
+    pg_service.import_usage(events(400, 100))  # on pages the vacuum has not seen
+    visible_now, pages_now = visibility(db, "usage_events")
+    assert visible_now < pages_now
+
+
+@pytest.mark.postgres
+def test_the_threshold_counts_the_pages_added_since_the_last_vacuum(
+    pg_service: BillingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = pg_service.db
+    monkeypatch.setattr(engine, "VISIBILITY_AFTER", 10**6)
+    pg_service.import_usage(events(0, 300))
+    visible, pages = visibility(db, "usage_events")
+    assert visible == 0 and pages >= 2
+    monkeypatch.setattr(engine, "VISIBILITY_AFTER", pages + 1)
+    assert not db.refresh_visibility_after("usage_events")
+    assert visibility(db, "usage_events") == (0, pages)
+    monkeypatch.setattr(engine, "VISIBILITY_AFTER", pages)
+    assert db.refresh_visibility_after("usage_events")
+    assert visibility(db, "usage_events") == (pages, pages)
+    monkeypatch.setattr(engine, "VISIBILITY_AFTER", 1)
+    assert not db.refresh_visibility_after("usage_events")  # nothing new since: 0 pages
+
+
+def test_sqlite_has_no_visibility_to_refresh(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    assert not db.refresh_visibility_after("usage_events")
     db.dispose()
