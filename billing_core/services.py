@@ -128,7 +128,8 @@ class BillingService:
         # Counted before vacuumed: a vacuum updates the row and page counts that
         # refresh_statistics judges staleness by, but gathers no column statistics.
         self.db.refresh_statistics({"usage_events": report.accepted})
-        self.db.refresh_visibility_after("usage_events")
+        if report.accepted:  # an import that added no rows added no pages to mark
+            self.db.refresh_visibility_after("usage_events")
 
     def import_payments(self, lines: Iterable[str], *, at: datetime) -> ledger.ImportReport:
         return self._payments(ledger.json_lines(lines), at=at)
